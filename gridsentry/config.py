@@ -1,0 +1,213 @@
+"""One validated YAML config for the whole service.
+
+Every key has a default, so `gridsentry demo` needs no file. Secrets never live in the file:
+write `${ENV_NAME}` (or `${ENV_NAME:-default}`) in any string and it is read from the
+environment at load time. Errors name the key path and the line of the file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from collector.settings import MqttConfig
+from storage.yamlsource import Loc, dotted_path, load_yaml_with_lines, nearest_line
+
+DeviceKind = Literal["charger_ac", "charger_dc", "pv_inverter", "pv_string", "box_transformer", "meter", "unknown"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class HttpConfig(_Model):
+    host: str = Field("127.0.0.1", description="Address the HTTP API and /metrics bind to.")
+    port: int = Field(8080, ge=0, le=65535, description="TCP port of the HTTP API (0 picks a free one).")
+
+
+class StorageConfig(_Model):
+    path: Path = Field(Path("gridsentry.duckdb"), description="DuckDB file; relative paths are under data_dir.")
+    memory_limit: str = Field("2GB", description="DuckDB memory limit for the service.")
+    threads: int = Field(2, ge=1, le=64, description="DuckDB worker threads.")
+
+
+class RulesConfig(_Model):
+    packs: list[Path] = Field(
+        default_factory=list,
+        description="Rule pack files to load in addition to (or, with builtin_packs: false, instead of) the shipped ones.",
+    )
+    builtin_packs: bool = Field(True, description="Load the rule packs shipped in rules/packs/.")
+    tick_ms: int = Field(500, ge=50, le=60_000, description="How often committed readings are evaluated.")
+
+
+class SiteConfig(_Model):
+    id: str = Field(description="Site id as it appears in topics and alerts.")
+    name: str | None = Field(None, description="Human name shown on screens.")
+    latitude: float | None = Field(None, ge=-90, le=90, description="For sun position (PV day/night).")
+    longitude: float | None = Field(None, ge=-180, le=180)
+    timezone: str = Field("Asia/Shanghai", description="IANA time zone for reports and standby windows.")
+
+
+class DeviceConfig(_Model):
+    id: str = Field(description="Device id, unique across the fleet (as in its MQTT topic).")
+    site: str = Field(description="Site id the device belongs to.")
+    kind: DeviceKind = Field(description="Equipment kind: charger_ac, charger_dc, pv_inverter, box_transformer...")
+    vendor: str | None = None
+    model: str | None = None
+    rated_kw: float | None = Field(None, ge=0, description="Rated power in kW (kVA for transformers).")
+    parent: str | None = Field(None, description="Device that feeds this one (topology), e.g. its transformer.")
+    expected_interval_s: float = Field(10.0, gt=0, description="How often the device normally reports.")
+    commissioned: str | None = Field(None, description="Commissioning date, YYYY-MM-DD.")
+    location: str | None = None
+    tags: list[str] = Field(default_factory=list)
+
+
+class MetricConfig(_Model):
+    name: str = Field(description="Metric name as it appears in payloads, e.g. gun1_temp_c.")
+    unit: str = Field(description="Unit shown to operators: kW, kWh, °C, V, A, %...")
+    description: str = ""
+    min: float | None = Field(None, description="Lowest physically possible value; below it is out-of-range.")
+    max: float | None = Field(None, description="Highest physically possible value; above it is out-of-range.")
+
+
+class Config(_Model):
+    data_dir: Path = Field(Path("data"), description="Where the database and runtime files live.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    unknown_devices: Literal["accept", "reject"] = Field(
+        "accept",
+        description="accept: store readings of devices missing from the ledger and add them as kind 'unknown'; "
+        "reject: send them to dead_letters.",
+    )
+    http: HttpConfig = Field(default_factory=HttpConfig)  # type: ignore[arg-type]
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)  # type: ignore[arg-type]
+    storage: StorageConfig = Field(default_factory=StorageConfig)  # type: ignore[arg-type]
+    rules: RulesConfig = Field(default_factory=RulesConfig)  # type: ignore[arg-type]
+    sites: list[SiteConfig] = Field(default_factory=list)
+    devices: list[DeviceConfig] = Field(default_factory=list)
+    metrics: list[MetricConfig] = Field(
+        default_factory=list, description="Extra or overriding entries for the built-in metric catalogue."
+    )
+
+    @model_validator(mode="after")
+    def _check_ledger(self) -> Config:
+        seen: set[str] = set()
+        for d in self.devices:
+            if d.id in seen:
+                raise ValueError(f"device id {d.id!r} is listed twice in devices")
+            seen.add(d.id)
+        for d in self.devices:
+            if d.parent is not None and d.parent not in seen:
+                raise ValueError(f"device {d.id!r} names parent {d.parent!r}, which is not in devices")
+        return self
+
+    @property
+    def database_path(self) -> Path:
+        p = self.storage.path
+        return p if p.is_absolute() else self.data_dir / p
+
+
+# --- loading with line numbers ---------------------------------------------------------------
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    path: str
+    line: int | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"line {self.line}: " if self.line is not None else ""
+        return f"{where}{self.path}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The config file is missing, not YAML, or does not validate. Carries every problem found."""
+
+    def __init__(self, file: Path | None, issues: list[ConfigIssue]):
+        self.file = file
+        self.issues = issues
+        head = f"{file}: " if file else ""
+        super().__init__(head + "; ".join(str(i) for i in issues))
+
+
+def _expand_env(value: Any, loc: Loc, missing: list[tuple[Loc, str]]) -> Any:
+    if isinstance(value, dict):
+        return {k: _expand_env(v, (*loc, k), missing) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, (*loc, i), missing) for i, v in enumerate(value)]
+    if isinstance(value, str) and "${" in value:
+
+        def sub(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            missing.append((loc, name))
+            return ""
+
+        return _ENV_REF.sub(sub, value)
+    return value
+
+
+def parse_config(text: str, file: Path | None = None) -> Config:
+    """Validate YAML text. Raises ConfigError listing every problem with key path and line."""
+    try:
+        raw, lines = load_yaml_with_lines(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise ConfigError(file, [ConfigIssue("(yaml)", line, f"not valid YAML: {exc}")]) from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(file, [ConfigIssue("(top level)", 1, "the config must be a mapping of keys")])
+    missing: list[tuple[Loc, str]] = []
+    expanded = _expand_env(raw, (), missing)
+    issues = [
+        ConfigIssue(
+            dotted_path(loc),
+            nearest_line(lines, loc),
+            f"environment variable {name} is not set (export it, or write ${{{name}:-default}})",
+        )
+        for loc, name in missing
+    ]
+    try:
+        cfg = Config.model_validate(expanded)
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            issues.append(ConfigIssue(dotted_path(loc), nearest_line(lines, loc), _explain(err)))
+        raise ConfigError(file, issues) from None
+    if issues:
+        raise ConfigError(file, issues)
+    if file is not None and not cfg.data_dir.is_absolute() and "data_dir" in raw:
+        cfg.data_dir = (file.parent / cfg.data_dir).resolve()
+    return cfg
+
+
+def _explain(err: Any) -> str:
+    msg = str(err["msg"])
+    if err["type"] == "extra_forbidden":
+        return "unknown key (check its spelling; `deploy/gridsentry.example.yaml` lists every key)"
+    if err["type"] == "missing":
+        return "required key is missing"
+    if "input" in err and not isinstance(err["input"], dict | list):
+        return f"{msg} (got {err['input']!r})"
+    return msg
+
+
+def load_config(path: Path) -> Config:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(path, [ConfigIssue("(file)", None, f"cannot read the config file: {exc.strerror}")]) from exc
+    return parse_config(text, path)

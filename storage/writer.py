@@ -1,0 +1,196 @@
+"""The single writer: the only read-write DuckDB connection, on its own thread.
+
+Every write goes through one queue and one thread, so there is exactly one writer and ingest,
+alerts and ledger updates never contend for locks. Readings are appended as whole Arrow batches
+(`INSERT ... SELECT` from a registered table), never row by row. Async callers await a future
+that resolves after COMMIT, which is what lets a collector acknowledge its sources.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import duckdb
+
+from storage.batch import IngestBatch
+from storage.schema import migrate
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+WriteJob = Callable[[duckdb.DuckDBPyConnection], T]
+
+
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    readings: int
+    events: int
+    dead_letters: int
+    seconds: float
+
+
+class WriterClosedError(RuntimeError):
+    pass
+
+
+def open_database(path: Path, *, memory_limit: str = "2GB", threads: int = 2) -> duckdb.DuckDBPyConnection:
+    """Open (creating if needed) the database file and bring its schema up to date."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(
+        str(path),
+        config={
+            "memory_limit": memory_limit,
+            "threads": threads,
+            # Extensions are never fetched from the network at run time.
+            "autoinstall_known_extensions": False,
+            "autoload_known_extensions": False,
+        },
+    )
+    migrate(con)
+    return con
+
+
+class StorageWriter:
+    """Owns the database connection. Start it, submit jobs, close it."""
+
+    def __init__(self, path: Path, *, memory_limit: str = "2GB", threads: int = 2) -> None:
+        self.path = path
+        self._memory_limit = memory_limit
+        self._threads = threads
+        self._jobs: queue.Queue[tuple[WriteJob[Any], Future[Any]] | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._started = threading.Event()
+        self._start_error: BaseException | None = None
+        self._closed = False
+        # Observability for /metrics: commit latency and counts, read without locking (GIL-atomic).
+        self.commits = 0
+        self.commit_failures = 0
+        self.last_commit_seconds = 0.0
+        self.readings_committed = 0
+        self.on_commit: Callable[[CommitResult], None] | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="gridsentry-writer", daemon=True)
+        self._thread.start()
+        self._started.wait()
+        if self._start_error is not None:
+            raise self._start_error
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._jobs.put(None)
+        if self._thread is not None:
+            self._thread.join()
+
+    @property
+    def queue_depth(self) -> int:
+        return self._jobs.qsize()
+
+    def reader(self) -> duckdb.DuckDBPyConnection:
+        """A separate connection to the same database, for reads from other threads.
+
+        DuckDB serves concurrent readers of one database instance with MVCC, so readers see only
+        committed data and never block the writer.
+        """
+        if self._con is None:
+            raise WriterClosedError("the storage writer is not running")
+        return self._con.cursor()
+
+    # --- submitting work -----------------------------------------------------------------
+    def submit(self, job: WriteJob[T]) -> Future[T]:
+        """Run `job(con)` inside one transaction on the writer thread."""
+        if self._closed:
+            raise WriterClosedError("the storage writer is closed; nothing more can be written")
+        fut: Future[T] = Future()
+        self._jobs.put((job, fut))
+        return fut
+
+    async def run(self, job: WriteJob[T]) -> T:
+        return await asyncio.wrap_future(self.submit(job))
+
+    async def append(self, batch: IngestBatch) -> CommitResult:
+        """Store one ingest batch in one transaction; returns after COMMIT."""
+        return await self.run(lambda con: _append_batch(con, batch))
+
+    def append_sync(self, batch: IngestBatch) -> CommitResult:
+        return self.submit(lambda con: _append_batch(con, batch)).result()
+
+    # --- the thread ------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            self._con = open_database(self.path, memory_limit=self._memory_limit, threads=self._threads)
+        except BaseException as exc:
+            self._start_error = exc
+            self._started.set()
+            return
+        self._started.set()
+        con = self._con
+        while True:
+            item = self._jobs.get()
+            if item is None:
+                break
+            job, fut = item
+            if not fut.set_running_or_notify_cancel():
+                continue
+            t0 = time.perf_counter()
+            try:
+                con.execute("BEGIN TRANSACTION")
+                result = job(con)
+                con.execute("COMMIT")
+            except BaseException as exc:
+                self.commit_failures += 1
+                # A failed COMMIT has already ended the transaction; ROLLBACK then fails harmlessly.
+                with contextlib.suppress(duckdb.Error):
+                    con.execute("ROLLBACK")
+                log.error("database write failed and was rolled back: %s", exc)
+                fut.set_exception(exc)
+                continue
+            dt = time.perf_counter() - t0
+            self.commits += 1
+            self.last_commit_seconds = dt
+            if isinstance(result, CommitResult):
+                result = CommitResult(result.readings, result.events, result.dead_letters, dt)
+                self.readings_committed += result.readings
+                if self.on_commit is not None:
+                    self.on_commit(result)
+            fut.set_result(result)
+        try:
+            con.execute("CHECKPOINT")
+        except duckdb.Error as exc:
+            log.warning("checkpoint at shutdown failed (the WAL will be replayed at next start): %s", exc)
+        con.close()
+        self._con = None
+
+
+def _append_batch(con: duckdb.DuckDBPyConnection, batch: IngestBatch) -> CommitResult:
+    if batch.reading_count:
+        con.register("_ingest_readings", batch.readings)
+        con.execute(
+            "INSERT INTO readings (ts, device_id, metric, value, quality) "
+            "SELECT ts, device_id, metric, value, quality FROM _ingest_readings"
+        )
+        con.unregister("_ingest_readings")
+    if batch.event_count:
+        con.register("_ingest_events", batch.events)
+        con.execute("INSERT INTO events SELECT ts, device_id, kind, code, text FROM _ingest_events")
+        con.unregister("_ingest_events")
+    if batch.dead_letter_count:
+        con.register("_ingest_dead", batch.dead_letters)
+        con.execute("INSERT INTO dead_letters SELECT ts, source, topic, reason, detail, payload FROM _ingest_dead")
+        con.unregister("_ingest_dead")
+    return CommitResult(batch.reading_count, batch.event_count, batch.dead_letter_count, 0.0)
