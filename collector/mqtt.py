@@ -152,7 +152,7 @@ class MqttCollector:
     def _client(self) -> aiomqtt.Client:
         kwargs: dict[str, Any] = {}
         if self._protocol == aiomqtt.ProtocolVersion.V5:
-            props = Properties(PacketTypes.CONNECT)
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = self.cfg.session_expiry_s
             kwargs.update(clean_start=False, properties=props)
         else:

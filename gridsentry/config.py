@@ -58,38 +58,40 @@ class DeviceConfig(_Model):
     id: str = Field(description="Device id, unique across the fleet (as in its MQTT topic).")
     site: str = Field(description="Site id the device belongs to.")
     kind: DeviceKind = Field(description="Equipment kind: charger_ac, charger_dc, pv_inverter, box_transformer...")
-    vendor: str | None = None
-    model: str | None = None
+    vendor: str | None = Field(None, description="Manufacturer.")
+    model: str | None = Field(None, description="Model; peer comparisons group by it.")
     rated_kw: float | None = Field(None, ge=0, description="Rated power in kW (kVA for transformers).")
     parent: str | None = Field(None, description="Device that feeds this one (topology), e.g. its transformer.")
     expected_interval_s: float = Field(10.0, gt=0, description="How often the device normally reports.")
     commissioned: str | None = Field(None, description="Commissioning date, YYYY-MM-DD.")
-    location: str | None = None
-    tags: list[str] = Field(default_factory=list)
+    location: str | None = Field(None, description="Where on site, for the engineer sent there.")
+    tags: list[str] = Field(default_factory=list, description="Free labels; rules can select by tag.")
 
 
 class MetricConfig(_Model):
     name: str = Field(description="Metric name as it appears in payloads, e.g. gun1_temp_c.")
     unit: str = Field(description="Unit shown to operators: kW, kWh, °C, V, A, %...")
-    description: str = ""
+    description: str = Field("", description="What it measures.")
     min: float | None = Field(None, description="Lowest physically possible value; below it is out-of-range.")
     max: float | None = Field(None, description="Highest physically possible value; above it is out-of-range.")
 
 
 class Config(_Model):
     data_dir: Path = Field(Path("data"), description="Where the database and runtime files live.")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log verbosity.")
     unknown_devices: Literal["accept", "reject"] = Field(
         "accept",
         description="accept: store readings of devices missing from the ledger and add them as kind 'unknown'; "
         "reject: send them to dead_letters.",
     )
-    http: HttpConfig = Field(default_factory=HttpConfig)  # type: ignore[arg-type]
-    mqtt: MqttConfig = Field(default_factory=MqttConfig)  # type: ignore[arg-type]
-    storage: StorageConfig = Field(default_factory=StorageConfig)  # type: ignore[arg-type]
-    rules: RulesConfig = Field(default_factory=RulesConfig)  # type: ignore[arg-type]
-    sites: list[SiteConfig] = Field(default_factory=list)
-    devices: list[DeviceConfig] = Field(default_factory=list)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    rules: RulesConfig = Field(default_factory=RulesConfig)
+    sites: list[SiteConfig] = Field(default_factory=list, description="The sites of the fleet.")
+    devices: list[DeviceConfig] = Field(
+        default_factory=list, description="The device ledger: every device, its site, kind and topology."
+    )
     metrics: list[MetricConfig] = Field(
         default_factory=list, description="Extra or overriding entries for the built-in metric catalogue."
     )
@@ -211,3 +213,98 @@ def load_config(path: Path) -> Config:
     except OSError as exc:
         raise ConfigError(path, [ConfigIssue("(file)", None, f"cannot read the config file: {exc.strerror}")]) from exc
     return parse_config(text, path)
+
+
+# --- the documented example ------------------------------------------------------------------
+
+_EXAMPLE_ITEMS: dict[str, list[dict[str, Any]]] = {
+    "sites": [
+        {"id": "shenzhen-hub-01", "name": "Shenzhen bus depot charging hub", "latitude": 22.54, "longitude": 114.06}
+    ],
+    "devices": [
+        {
+            "id": "TX01",
+            "site": "shenzhen-hub-01",
+            "kind": "box_transformer",
+            "vendor": "Example Electric",
+            "model": "ZGS11-630/10",
+            "rated_kw": 630,
+            "expected_interval_s": 10,
+        },
+        {
+            "id": "DC01",
+            "site": "shenzhen-hub-01",
+            "kind": "charger_dc",
+            "vendor": "Example Power",
+            "model": "DCP-120D",
+            "rated_kw": 120,
+            "parent": "TX01",
+            "tags": ["bus-depot"],
+        },
+    ],
+    "metrics": [{"name": "oil_level_pct", "unit": "%", "description": "Transformer oil level", "min": 0, "max": 100}],
+    "subscriptions": [
+        {"topic": "gridsentry/+/+/telemetry", "template": "gridsentry/{site}/{device_id}/{channel}"},
+        {"topic": "gridsentry/+/+/events", "template": "gridsentry/{site}/{device_id}/{channel}"},
+    ],
+}
+
+_EXAMPLE_VALUES: dict[str, Any] = {"password": "${GRIDSENTRY_MQTT_PASSWORD}", "username": "gridsentry"}
+
+
+def example_yaml() -> str:
+    """Every config key with its description and default, as commented YAML."""
+    lines = [
+        "# GridSentry configuration: every key, its meaning and its default.",
+        "# Generated by `gridsentry config example`; validate yours with `gridsentry config check FILE`.",
+        "# Secrets: write ${ENV_NAME} (or ${ENV_NAME:-default}) and export the variable; never put them here.",
+        "",
+    ]
+    _example_model(Config, lines, 0)
+    return "\n".join(lines) + "\n"
+
+
+def _scalar(v: Any) -> str:
+    if isinstance(v, Path):
+        v = str(v)
+    dumped = yaml.safe_dump(v, default_flow_style=True, allow_unicode=True).strip()
+    return dumped.removesuffix("\n...").removesuffix("...").strip()
+
+
+def _example_model(model: type[BaseModel], lines: list[str], indent: int) -> None:
+    pad = "  " * indent
+    for name, field in model.model_fields.items():
+        key = field.alias or name
+        if field.description:
+            lines.append(f"{pad}# {field.description}")
+        ann = field.annotation
+        sub = next(
+            (a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), None
+        )
+        if name in _EXAMPLE_ITEMS:
+            item_model = next(
+                (a for a in getattr(ann, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)), None
+            )
+            if item_model is not None:
+                lines.append(f"{pad}# Each entry:")
+                for fname, f in item_model.model_fields.items():
+                    req = " (required)" if f.is_required() else ""
+                    lines.append(f"{pad}#   {f.alias or fname}{req}: {f.description or ''}".rstrip())
+            lines.append(f"{pad}{key}:")
+            for item in _EXAMPLE_ITEMS[name]:
+                first = True
+                for k, v in item.items():
+                    lines.append(f"{pad}  {'- ' if first else '  '}{k}: {_scalar(v)}")
+                    first = False
+        elif sub is not None and name not in _EXAMPLE_ITEMS:
+            lines.append(f"{pad}{key}:")
+            _example_model(sub, lines, indent + 1)
+        else:
+            default = field.get_default(call_default_factory=True)
+            value = _EXAMPLE_VALUES.get(name, default)
+            if value is None:
+                lines.append(f"{pad}# {key}: (not set)")
+            else:
+                lines.append(f"{pad}{key}: {_scalar(value)}")
+        if indent == 0:
+            lines.append("")

@@ -125,10 +125,10 @@ class StorageWriter:
 
     async def append(self, batch: IngestBatch) -> CommitResult:
         """Store one ingest batch in one transaction; returns after COMMIT."""
-        return await self.run(lambda con: _append_batch(con, batch))
+        return await self.run(lambda con: append_batch(con, batch))
 
     def append_sync(self, batch: IngestBatch) -> CommitResult:
-        return self.submit(lambda con: _append_batch(con, batch)).result()
+        return self.submit(lambda con: append_batch(con, batch)).result()
 
     # --- the thread ------------------------------------------------------------------------
     def _run(self) -> None:
@@ -177,7 +177,7 @@ class StorageWriter:
         self._con = None
 
 
-def _append_batch(con: duckdb.DuckDBPyConnection, batch: IngestBatch) -> CommitResult:
+def append_batch(con: duckdb.DuckDBPyConnection, batch: IngestBatch) -> CommitResult:
     if batch.reading_count:
         con.register("_ingest_readings", batch.readings)
         con.execute(

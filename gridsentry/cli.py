@@ -1,0 +1,336 @@
+"""The `gridsentry` command line (typer + rich)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import duckdb
+import httpx
+import orjson
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.panel import Panel
+from rich.table import Table
+
+from gridsentry import __version__
+from gridsentry.config import Config, ConfigError, example_yaml, load_config
+from gridsentry.service import RUNTIME_FILE, Service
+from storage.sql import QueryRejectedError, QueryResult, QueryTimeoutError, run_read_query
+
+app = typer.Typer(
+    help="GridSentry: streaming telemetry monitor for EV-charging, PV and box-transformer fleets.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+config_app = typer.Typer(help="Validate and inspect configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+console = Console()
+err_console = Console(stderr=True)
+
+DEFAULT_DATA_DIR = Path("data")
+
+
+def _setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(message)s",
+        datefmt="[%X]",
+        handlers=[RichHandler(console=err_console, show_path=False, rich_tracebacks=True)],
+        force=True,
+    )
+    for noisy in ("amqtt", "transitions", "uvicorn.error", "websockets"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code)
+
+
+def _load(config: Path | None) -> Config:
+    if config is None:
+        return Config()
+    try:
+        return load_config(config)
+    except ConfigError as exc:
+        err_console.print(f"[bold red]{config}: the configuration is not valid[/]")
+        for issue in exc.issues:
+            err_console.print(f"  {issue}")
+        raise typer.Exit(2) from None
+
+
+async def _run_until_signal(main: Any, duration: float | None) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await main(stop, duration)
+
+
+# --- run ---------------------------------------------------------------------------------------------
+@app.command()
+def run(
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="YAML config file (defaults apply without one).")
+    ] = None,
+) -> None:
+    """Run the service: collectors, storage, rules, alerts and the HTTP API, until Ctrl-C."""
+    cfg = _load(config)
+    _setup_logging(cfg.log_level)
+
+    async def main(stop: asyncio.Event, _duration: float | None) -> None:
+        service = Service(cfg)
+        try:
+            await service.start()
+        except Exception as exc:
+            raise _fail(f"GridSentry could not start: {exc}", 1) from exc
+        console.print(
+            f"GridSentry {__version__} running: API {service.http_url}, metrics {service.http_url}/metrics, database {cfg.database_path}"
+        )
+        await stop.wait()
+        await service.stop()
+
+    asyncio.run(_run_until_signal(main, None))
+
+
+# --- demo --------------------------------------------------------------------------------------------
+class BrokerChoice(StrEnum):
+    auto = "auto"
+    mosquitto = "mosquitto"
+    amqtt = "amqtt"
+
+
+@app.command()
+def demo(
+    data_dir: Annotated[Path, typer.Option(help="Where the demo database lives.")] = DEFAULT_DATA_DIR,
+    http_port: Annotated[int, typer.Option(help="HTTP API port (a free one is used if taken).")] = 8080,
+    mqtt_port: Annotated[int, typer.Option(help="MQTT broker port (a free one is used if taken).")] = 1883,
+    speed: Annotated[float, typer.Option(help="Simulated time runs this many times faster than real time.")] = 1.0,
+    duration: Annotated[
+        float | None, typer.Option(help="Stop after this many seconds (default: until Ctrl-C).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Random seed of the simulated fleet.")] = 1,
+    broker: Annotated[
+        BrokerChoice, typer.Option(help="MQTT broker: mosquitto if installed, else embedded amqtt.")
+    ] = BrokerChoice.auto,
+) -> None:
+    """Start everything on embedded defaults: broker, simulated fleet, service, API."""
+    from gridsentry.demo import start_demo  # the only command that imports the simulator
+
+    _setup_logging("INFO")
+
+    async def main(stop: asyncio.Event, duration: float | None) -> None:
+        t0 = time.monotonic()
+        try:
+            run_ = await start_demo(
+                data_dir.resolve(),
+                http_port=http_port,
+                mqtt_port=mqtt_port,
+                speed=speed,
+                seed=seed,
+                broker=broker.value,
+            )
+        except Exception as exc:
+            raise _fail(f"the demo could not start: {exc}", 1) from exc
+        _banner(run_, time.monotonic() - t0)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), duration)
+        console.print("stopping: committing what has arrived...")
+        stats = await run_.shutdown()
+        _summary(run_, stats)
+
+    asyncio.run(_run_until_signal(main, duration))
+
+
+def _banner(run_: Any, startup_s: float) -> None:
+    s = run_.service
+    cfg = s.cfg
+    url = s.http_url
+    db = cfg.database_path
+    ddir = cfg.data_dir
+    dd_arg = "" if ddir.resolve() == DEFAULT_DATA_DIR.resolve() else f" --data-dir {ddir}"
+    lines = [
+        f"[bold]GridSentry {__version__} demo[/] is up (started in {startup_s:.1f} s). Press Ctrl-C to stop.",
+        "",
+        f"[bold]Simulated site[/]   {cfg.sites[0].name} ({len(cfg.devices)} devices: 4 AC 7 kW, 2 DC 120 kW dual-gun, 2 PV inverters, 1 box transformer)",
+        "[bold]Injected fault[/]   DC02 gun 1 connector overheats ~20 s after start -> class II then class I alert",
+        f"[bold]MQTT broker[/]      mqtt://127.0.0.1:{cfg.mqtt.port}  ({run_.broker.kind}); topics gridsentry/<site>/<device>/telemetry|events",
+        "",
+        f"[bold]HTTP API[/]         {url}/docs  (OpenAPI)",
+        f"[bold]Devices[/]          {url}/api/devices",
+        f"[bold]Alerts[/]           {url}/api/alerts",
+        f"[bold]Metrics[/]          {url}/metrics  (Prometheus)",
+        f"[bold]Health[/]           {url}/healthz   {url}/readyz",
+        "",
+        f"[bold]Database[/]         {db}  (DuckDB)",
+        f'[bold]Query it[/]         gridsentry sql{dd_arg} "select count(*) from readings"',
+        f'                 gridsentry sql{dd_arg} "select * from v_open_alerts"',
+        f"                 curl -s {url}/api/sql -H 'content-type: application/json' -d '{{\"query\": \"select count(*) from readings\"}}'",
+        f"[bold]Logs[/]             this terminal; broker log under {ddir / 'mosquitto'}"
+        if run_.broker.kind == "mosquitto"
+        else "[bold]Logs[/]             this terminal",
+    ]
+    console.print(Panel("\n".join(lines), title="GridSentry", border_style="green", expand=False))
+
+
+def _summary(run_: Any, stats: Any) -> None:
+    con = duckdb.connect(str(run_.service.cfg.database_path), read_only=True)
+    try:
+        stored = con.execute("SELECT count(*) FROM readings").fetchone()
+        alerts = con.execute("SELECT count(*) FROM alerts").fetchone()
+        dead = con.execute("SELECT count(*) FROM dead_letters").fetchone()
+    finally:
+        con.close()
+    console.print(
+        f"demo stopped: published {stats.readings} readings in {stats.messages} messages "
+        f"(+{stats.malformed} malformed); stored {stored[0] if stored else 0} readings, "
+        f"{dead[0] if dead else 0} dead letters, {alerts[0] if alerts else 0} alerts in {run_.service.cfg.database_path}"
+    )
+
+
+# --- sql ---------------------------------------------------------------------------------------------
+class OutputFormat(StrEnum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="One read statement: SELECT, WITH, EXPLAIN, DESCRIBE, SUMMARIZE.")],
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Data directory of the service (default: ./data, or the config's).")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="Take the data directory from this config.")
+    ] = None,
+    output: Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")] = OutputFormat.table,
+    max_rows: Annotated[int, typer.Option(help="Row cap.")] = 10_000,
+    timeout: Annotated[float, typer.Option(help="Stop the query after this many seconds.")] = 60.0,
+) -> None:
+    """Query the history with SQL: through the running service's API, or the file when it is stopped."""
+    ddir = data_dir or (_load(config).data_dir if config else DEFAULT_DATA_DIR)
+    cfg = _load(config) if config else Config(data_dir=ddir)
+    runtime = ddir / RUNTIME_FILE
+    result: QueryResult
+    if runtime.exists() and _pid_alive(json.loads(runtime.read_text(encoding="utf-8")).get("pid")):
+        result = _sql_via_api(json.loads(runtime.read_text(encoding="utf-8"))["http_url"], query, max_rows, timeout)
+    else:
+        db = cfg.database_path if config else ddir / "gridsentry.duckdb"
+        if not db.exists():
+            raise _fail(f"no database at {db}; start GridSentry first (make demo), or pass --data-dir/--config")
+        try:
+            con = duckdb.connect(str(db), read_only=True, config={"enable_external_access": False})
+        except duckdb.IOException as exc:
+            raise _fail(f"the database {db} is locked by a running GridSentry without a runtime file ({exc})") from exc
+        try:
+            result = run_read_query(con, query, timeout_s=timeout, max_rows=max_rows)
+        except (QueryRejectedError, QueryTimeoutError) as exc:
+            raise _fail(str(exc)) from exc
+        except duckdb.Error as exc:
+            raise _fail(f"the query failed: {exc}") from exc
+        finally:
+            con.close()
+    _print_result(result, output)
+
+
+def _pid_alive(pid: Any) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _sql_via_api(url: str, query: str, max_rows: int, timeout: float) -> QueryResult:
+    try:
+        r = httpx.post(
+            f"{url}/api/sql", json={"query": query, "max_rows": max_rows, "timeout_s": timeout}, timeout=timeout + 10
+        )
+    except httpx.HTTPError as exc:
+        raise _fail(f"GridSentry is running but its API at {url} did not answer: {exc}") from exc
+    if r.status_code != 200:
+        detail = (
+            r.json().get("detail", r.text)
+            if r.headers.get("content-type", "").startswith("application/json")
+            else r.text
+        )
+        raise _fail(str(detail))
+    body = r.json()
+    return QueryResult(
+        body["columns"], body["types"], [tuple(x) for x in body["rows"]], body["truncated"], body["seconds"]
+    )
+
+
+def _print_result(result: QueryResult, output: OutputFormat) -> None:
+    if output is OutputFormat.csv:
+        w = csv.writer(sys.stdout)
+        w.writerow(result.columns)
+        w.writerows(result.rows)
+    elif output is OutputFormat.json:
+        sys.stdout.write(orjson.dumps(result.as_records(), default=str, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        table = Table(*result.columns, show_lines=False)
+        for r in result.rows:
+            table.add_row(*["" if v is None else str(v) for v in r])
+        console.print(table)
+        err_console.print(
+            f"[dim]{len(result.rows)} rows in {result.seconds * 1000:.0f} ms"
+            + (" (truncated: raise --max-rows)" if result.truncated else "")
+            + "[/]"
+        )
+
+
+# --- config ------------------------------------------------------------------------------------------
+@config_app.command("check")
+def config_check(file: Annotated[Path, typer.Argument(help="The YAML config file to validate.")]) -> None:
+    """Validate a config file; print every problem with its key path and line."""
+    try:
+        cfg = load_config(file)
+    except ConfigError as exc:
+        err_console.print(f"[bold red]{file}: {len(exc.issues)} problem(s)[/]")
+        for issue in exc.issues:
+            err_console.print(f"  {issue}")
+        raise typer.Exit(1) from None
+    console.print(
+        f"[green]{file} is valid[/]: {len(cfg.devices)} devices, {len(cfg.sites)} sites, "
+        f"MQTT {cfg.mqtt.host}:{cfg.mqtt.port}, database {cfg.database_path}"
+    )
+
+
+@config_app.command("example")
+def config_example() -> None:
+    """Print a config file documenting every key with its default."""
+    sys.stdout.write(example_yaml())
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    console.print(f"gridsentry {__version__}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""Prometheus exposition: a custom collector that reads the service's state at scrape time.
+
+Families are built fresh on every scrape from counters the stages already keep, instead of one
+Gauge object per series (cheaper, and nothing to keep in sync). Names follow Prometheus
+conventions: base units, `_total` for counters, `_seconds` for durations.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gridsentry import __version__
+
+if TYPE_CHECKING:
+    from gridsentry.service import Service
+
+log = logging.getLogger(__name__)
+
+COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class ServiceCollector(Collector):
+    def __init__(self, service: Service) -> None:
+        self.s = service
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.s
+        st = s.collector_stats
+        info = InfoMetricFamily("gridsentry_build", "GridSentry version")
+        info.add_metric([], {"version": __version__})
+        yield info
+        yield GaugeMetricFamily(
+            "gridsentry_start_time_seconds", "When this GridSentry started (Unix time)", value=s.started_at.timestamp()
+        )
+
+        c = CounterMetricFamily("gridsentry_mqtt_messages_received", "MQTT messages received", labels=[])
+        c.add_metric([], st.messages_received)
+        yield c
+        c = CounterMetricFamily(
+            "gridsentry_mqtt_messages_acked", "MQTT messages acknowledged to the broker after commit", labels=[]
+        )
+        c.add_metric([], st.messages_acked)
+        yield c
+        yield GaugeMetricFamily(
+            "gridsentry_mqtt_connected", "1 while connected to the MQTT broker", value=1 if st.connected else 0
+        )
+        c = CounterMetricFamily("gridsentry_mqtt_connection_failures", "Lost or refused MQTT connections", labels=[])
+        c.add_metric([], st.connection_failures)
+        yield c
+        yield GaugeMetricFamily(
+            "gridsentry_ingest_pending_messages",
+            "Messages received but not yet committed (unacknowledged)",
+            value=st.pending,
+        )
+
+        c = CounterMetricFamily("gridsentry_ingest_readings", "Readings committed to storage", labels=["source"])
+        for source, n in sorted(s.readings_committed.items()):
+            c.add_metric([source], n)
+        if not s.readings_committed:
+            c.add_metric(["mqtt"], 0)
+        yield c
+        c = CounterMetricFamily("gridsentry_ingest_events", "Status and fault events committed to storage", labels=[])
+        c.add_metric([], s.events_committed)
+        yield c
+        c = CounterMetricFamily(
+            "gridsentry_ingest_rejected", "Messages rejected into dead_letters, by reason", labels=["reason"]
+        )
+        for reason, n in sorted(st.rejected.items()):
+            c.add_metric([reason], n)
+        yield c
+        c = CounterMetricFamily(
+            "gridsentry_ingest_unknown_devices", "Devices first seen in data, not in the ledger", labels=[]
+        )
+        c.add_metric([], s.unknown_devices_seen)
+        yield c
+
+        w = s.writer
+        yield GaugeMetricFamily(
+            "gridsentry_storage_write_queue_depth", "Write jobs waiting for the single writer", value=w.queue_depth
+        )
+        c = CounterMetricFamily("gridsentry_storage_commits", "Committed write transactions", labels=[])
+        c.add_metric([], w.commits)
+        yield c
+        c = CounterMetricFamily("gridsentry_storage_commit_failures", "Write transactions rolled back", labels=[])
+        c.add_metric([], w.commit_failures)
+        yield c
+
+        e = s.engine
+        yield GaugeMetricFamily("gridsentry_rules_loaded", "Enabled rules loaded from packs", value=len(e.rules))
+        yield GaugeMetricFamily(
+            "gridsentry_rules_bindings", "Rule x device x metric bindings evaluated", value=e.binding_count
+        )
+        yield GaugeMetricFamily(
+            "gridsentry_rules_pack_problems",
+            "Rules skipped because their pack entry is invalid",
+            value=len(s.loaded_rules.problems),
+        )
+        yield GaugeMetricFamily(
+            "gridsentry_rules_last_evaluation_seconds",
+            "Duration of the last rule evaluation",
+            value=e.last_eval_seconds,
+        )
+        c = CounterMetricFamily(
+            "gridsentry_rules_readings_evaluated", "Committed readings evaluated by rules", labels=[]
+        )
+        c.add_metric([], e.readings_evaluated)
+        yield c
+        c = CounterMetricFamily("gridsentry_rules_errors", "Rule evaluations that failed or were skipped", labels=[])
+        c.add_metric([], s.rule_errors)
+        yield c
+
+        try:
+            open_counts = s.open_alert_counts()
+        except Exception as exc:  # a scrape must never fail because one source did
+            log.warning("could not count open alerts for /metrics: %s", exc)
+            open_counts = {}
+        g = GaugeMetricFamily(
+            "gridsentry_alerts_open", "Open alerts (firing or acknowledged) by event class", labels=["event_class"]
+        )
+        for cls, n in sorted(open_counts.items()):
+            g.add_metric([cls], n)
+        yield g
+        c = CounterMetricFamily("gridsentry_alerts_raised", "Alerts raised since start", labels=[])
+        c.add_metric([], s.alerts.raised)
+        yield c
+
+        g = GaugeMetricFamily(
+            "gridsentry_device_last_seen_timestamp_seconds",
+            "Timestamp of the newest committed reading per device",
+            labels=["device_id", "site", "kind"],
+        )
+        now = time.time()
+        for dev, ts in sorted(s.last_seen.items()):
+            d = s.known_devices.get(dev)
+            g.add_metric([dev, (d.site if d else None) or "", d.kind if d else "unknown"], min(ts, now))
+        yield g
+
+
+def build_registry(service: Service) -> tuple[CollectorRegistry, Histogram]:
+    """A private registry per service (tests run several services in one process)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ServiceCollector(service))
+    commit_seconds = Histogram(
+        "gridsentry_storage_commit_seconds",
+        "Time to commit one write transaction",
+        buckets=COMMIT_BUCKETS,
+        registry=registry,
+    )
+    return registry, commit_seconds

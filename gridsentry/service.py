@@ -1,0 +1,343 @@
+"""Starts and stops the stages and wires them: collector -> storage -> rules -> alerts.
+
+This is the only module that knows every stage. The flow of one batch:
+1. the MQTT collector decodes a flush of messages into an IngestBatch and awaits `store`;
+2. `store` registers unknown devices and appends the batch in one writer transaction;
+3. after COMMIT the collector acknowledges the messages, and the readings join the rules queue;
+4. the rules task evaluates committed readings every tick and hands findings to the alert lifecycle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import uvicorn
+import yaml
+
+from alerts.lifecycle import AlertLifecycle
+from collector.mqtt import CollectorStats, MqttCollector
+from collector.payloads import MetricLimits
+from gridsentry.config import Config, MetricConfig
+from gridsentry.exporter import build_registry
+from rules.engine import DeviceInfo, RuleEngine
+from rules.loader import LoadedRules, builtin_pack_files, load_packs
+from storage.batch import DeadLetter, IngestBatch, dead_letters_table
+from storage.ledger import register_unknown_devices, sync_ledger
+from storage.writer import CommitResult, StorageWriter, append_batch
+
+log = logging.getLogger("gridsentry")
+
+BUILTIN_METRICS = Path(__file__).parent / "data" / "metrics.yaml"
+RUNTIME_FILE = "runtime.json"
+
+
+def metric_catalogue(cfg: Config) -> dict[str, MetricConfig]:
+    """The built-in catalogue with config's entries layered on top."""
+    raw = yaml.safe_load(BUILTIN_METRICS.read_text(encoding="utf-8"))
+    out = {m["name"]: MetricConfig.model_validate(m) for m in raw}
+    for m in cfg.metrics:
+        out[m.name] = m
+    return out
+
+
+class Service:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.started_at = datetime.now(UTC)
+        self.writer = StorageWriter(
+            cfg.database_path, memory_limit=cfg.storage.memory_limit, threads=cfg.storage.threads
+        )
+        self.catalogue = metric_catalogue(cfg)
+        self.loaded_rules: LoadedRules = LoadedRules()
+        self.engine = RuleEngine([])
+        self.alerts = AlertLifecycle(self.writer)
+        self.collector_stats = CollectorStats()
+        self.collector: MqttCollector | None = None
+        self.known_devices: dict[str, DeviceInfo] = {}
+        self.last_seen: dict[str, float] = {}
+        self.readings_committed: Counter[str] = Counter()
+        self.events_committed = 0
+        self.dead_letters_committed = 0
+        self.unknown_devices_seen = 0
+        self.rule_errors = 0
+        self.http_url: str | None = None
+        self._rules_queue: asyncio.Queue[pa.Table] = asyncio.Queue(maxsize=1000)
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._http: uvicorn.Server | None = None
+        self.ready = asyncio.Event()
+        self.registry, commit_seconds = build_registry(self)
+        self.writer.on_commit = lambda result: commit_seconds.observe(result.seconds)
+
+    # --- start / stop ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        cfg = self.cfg
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self.writer.start)
+        log.info("database %s open (schema up to date)", cfg.database_path)
+        await self.writer.run(
+            lambda con: sync_ledger(
+                con,
+                devices=[_device_row(d) for d in cfg.devices],
+                sites=[s.model_dump() for s in cfg.sites],
+                metrics=[m.model_dump() for m in self.catalogue.values()],
+            )
+        )
+        self._load_known_devices()
+        self._load_rules()
+        if cfg.mqtt.enabled:
+            self.collector = MqttCollector(
+                cfg.mqtt,
+                self.store,
+                limits=MetricLimits({m.name: (m.min, m.max) for m in self.catalogue.values()}),
+                stats=self.collector_stats,
+            )
+            self._tasks.append(asyncio.create_task(self.collector.run(self._stop), name="mqtt-collector"))
+        self._tasks.append(asyncio.create_task(self._rules_loop(), name="rules"))
+        await self._start_http()
+        self._write_runtime_file()
+        self.ready.set()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._http is not None:
+            self._http.should_exit = True
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(t, timeout=10)
+        await self._drain_rules()
+        await asyncio.to_thread(self.writer.close)
+        with contextlib.suppress(FileNotFoundError):
+            (self.cfg.data_dir / RUNTIME_FILE).unlink()
+        log.info("GridSentry stopped; every accepted reading is committed")
+
+    async def run_forever(self) -> None:
+        await self._stop.wait()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    # --- ingest --------------------------------------------------------------------------------------
+    async def store(self, batch: IngestBatch) -> CommitResult:
+        """The collector's sink: one transaction per flush. Returns after COMMIT."""
+        batch, new_devices = self._screen_devices(batch)
+        if new_devices is not None:
+
+            def register_and_append(con: duckdb.DuckDBPyConnection) -> CommitResult:
+                register_unknown_devices(con, new_devices)
+                return append_batch(con, batch)
+
+            result = await self.writer.run(register_and_append)
+        else:
+            result = await self.writer.append(batch)
+        self._after_commit(batch)
+        return result
+
+    def _screen_devices(self, batch: IngestBatch) -> tuple[IngestBatch, pa.Table | None]:
+        ids = set(pc.unique(batch.readings["device_id"]).to_pylist()) | set(
+            pc.unique(batch.events["device_id"]).to_pylist()
+        )
+        unknown = sorted(i for i in ids if i not in self.known_devices)
+        if not unknown:
+            return batch, None
+        if self.cfg.unknown_devices == "reject":
+            return self._reject_unknown(batch, unknown), None
+        self.unknown_devices_seen += len(unknown)
+        for dev in unknown:
+            log.warning(
+                "device %r is not in the ledger; storing its data and adding it as kind 'unknown' "
+                "(list it under devices: in the config to give it a site, kind and rules)",
+                dev,
+            )
+            self.known_devices[dev] = DeviceInfo(dev, None, "unknown")
+        now = datetime.now(UTC)
+        table = pa.table(
+            {
+                "device_id": pa.array(unknown, pa.string()),
+                "site": pa.array([None] * len(unknown), pa.string()),
+                "first_seen": pa.array([now] * len(unknown), pa.timestamp("us", tz="UTC")),
+            }
+        )
+        self.engine.set_devices([self.known_devices[d] for d in unknown])
+        return batch, table
+
+    def _reject_unknown(self, batch: IngestBatch, unknown: list[str]) -> IngestBatch:
+        value_set = pa.array(unknown, pa.string())
+        bad_r = pc.is_in(batch.readings["device_id"], value_set=value_set)
+        bad_e = pc.is_in(batch.events["device_id"], value_set=value_set)
+        letters = []
+        for dev in unknown:
+            rows = batch.readings.filter(pc.equal(batch.readings["device_id"], dev))
+            self.collector_stats.rejected["unknown_device"] += 1
+            letters.append(
+                DeadLetter(
+                    batch.source,
+                    None,
+                    "unknown_device",
+                    f"device {dev!r} is not in the ledger and unknown_devices is 'reject'; "
+                    f"{rows.num_rows} readings kept here. Add it under devices: in the config.",
+                    orjson.dumps(rows.slice(0, 200).to_pylist(), default=str),
+                )
+            )
+        dead = pa.concat_tables([batch.dead_letters, dead_letters_table(letters)])
+        return IngestBatch(
+            readings=batch.readings.filter(pc.invert(bad_r)),
+            events=batch.events.filter(pc.invert(bad_e)),
+            dead_letters=dead,
+            source=batch.source,
+        )
+
+    def _after_commit(self, batch: IngestBatch) -> None:
+        self.readings_committed[batch.source] += batch.reading_count
+        self.events_committed += batch.event_count
+        self.dead_letters_committed += batch.dead_letter_count
+        if batch.reading_count:
+            grouped = batch.readings.group_by("device_id").aggregate([("ts", "max")])
+            for dev, ts in zip(grouped["device_id"].to_pylist(), grouped["ts_max"].to_pylist(), strict=True):
+                self.last_seen[dev] = ts.timestamp()
+            try:
+                self._rules_queue.put_nowait(batch.readings)
+            except asyncio.QueueFull:
+                # Rules fell behind; the data is committed, so evaluation catches up later on what it
+                # sees next. Counted so the operator sees it on the pipeline-health screen.
+                self.rule_errors += 1
+                log.error(
+                    "rule evaluation is falling behind ingest; skipped evaluating %d readings", batch.reading_count
+                )
+
+    # --- rules -----------------------------------------------------------------------------------------
+    def _load_rules(self) -> None:
+        files = (builtin_pack_files() if self.cfg.rules.builtin_packs else []) + list(self.cfg.rules.packs)
+        self.loaded_rules = load_packs(files)
+        self.engine = RuleEngine(self.loaded_rules.rules, {m.name: m.unit for m in self.catalogue.values()})
+        self.engine.set_devices(self.known_devices.values())
+        log.info(
+            "rules: %d loaded from %d packs, %d device bindings, %d problems",
+            len(self.loaded_rules.rules),
+            len(files),
+            self.engine.binding_count,
+            len(self.loaded_rules.problems),
+        )
+
+    async def _rules_loop(self) -> None:
+        tick = self.cfg.rules.tick_ms / 1000
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), tick)
+            await self._evaluate_pending()
+
+    async def _drain_rules(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._evaluate_pending()
+
+    async def _evaluate_pending(self) -> None:
+        tables = []
+        while not self._rules_queue.empty():
+            tables.append(self._rules_queue.get_nowait())
+        if not tables:
+            return
+        readings = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+        try:
+            findings = await asyncio.to_thread(self.engine.evaluate, readings)
+            await self.alerts.apply(findings)
+        except Exception:
+            self.rule_errors += 1
+            log.exception("rule evaluation failed for %d readings; continuing with the next batch", readings.num_rows)
+
+    # --- ledger ----------------------------------------------------------------------------------------
+    def _load_known_devices(self) -> None:
+        con = self.writer.reader()
+        try:
+            rows = con.execute("SELECT device_id, site, kind, tags FROM devices").fetchall()
+        finally:
+            con.close()
+        self.known_devices = {r[0]: DeviceInfo(r[0], r[1], r[2], tuple(r[3] or ())) for r in rows}
+
+    # --- HTTP ------------------------------------------------------------------------------------------
+    async def _start_http(self) -> None:
+        from gridsentry.api import create_app  # the API imports the service's types
+
+        app = create_app(self)
+        config = uvicorn.Config(
+            app,
+            host=self.cfg.http.host,
+            port=self.cfg.http.port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+        )
+        self._http = uvicorn.Server(config)
+        # The CLI owns SIGINT/SIGTERM and stops every stage in order; uvicorn must not grab them.
+        task = asyncio.create_task(self._http._serve(), name="http")  # noqa: SLF001
+        self._tasks.append(task)
+        while not self._http.started:
+            if task.done():
+                exc = task.exception()
+                raise RuntimeError(
+                    f"the HTTP server could not start on {self.cfg.http.host}:{self.cfg.http.port}"
+                    " (is the port in use? set http.port or pass --http-port)"
+                ) from exc
+            await asyncio.sleep(0.02)
+        sock = self._http.servers[0].sockets[0]
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        self.http_url = f"http://{shown}:{port}"
+        if self.cfg.http.host not in ("127.0.0.1", "::1", "localhost"):
+            log.warning(
+                "the HTTP API listens on %s, beyond loopback, without TLS: put it behind a TLS reverse proxy",
+                self.cfg.http.host,
+            )
+
+    def _write_runtime_file(self) -> None:
+        info = {
+            "pid": os.getpid(),
+            "http_url": self.http_url,
+            "database": str(self.cfg.database_path),
+            "started_at": self.started_at.isoformat(),
+        }
+        (self.cfg.data_dir / RUNTIME_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
+
+    # --- read side used by the API and exporter ----------------------------------------------------------
+    def uptime_s(self) -> float:
+        return (datetime.now(UTC) - self.started_at).total_seconds()
+
+    def open_alert_counts(self) -> dict[str, int]:
+        con = self.writer.reader()
+        try:
+            rows = con.execute(
+                "SELECT event_class, count(*) FROM alerts WHERE state IN ('firing', 'acknowledged') GROUP BY 1"
+            ).fetchall()
+        finally:
+            con.close()
+        out = {"I": 0, "II": 0, "III": 0}
+        out.update({str(r[0]): int(r[1]) for r in rows})
+        return out
+
+
+def _device_row(d: Any) -> Mapping[str, Any]:
+    return {
+        "device_id": d.id,
+        "site": d.site,
+        "kind": d.kind,
+        "vendor": d.vendor,
+        "model": d.model,
+        "rated_kw": d.rated_kw,
+        "parent_id": d.parent,
+        "expected_interval_s": d.expected_interval_s,
+        "commissioned": d.commissioned,
+        "location": d.location,
+        "tags": list(d.tags),
+    }

@@ -1,0 +1,154 @@
+import asyncio
+from datetime import UTC, datetime
+
+import duckdb
+import pytest
+
+from alerts.lifecycle import AlertLifecycle, AlertStateError
+from rules.model import Finding
+from storage.batch import DeadLetter, IngestBatch, dead_letters_table, events_from_columns, readings_from_columns
+from storage.schema import LATEST_VERSION, migrate
+from storage.sql import QueryRejectedError, QueryTimeoutError, run_read_query
+from storage.writer import StorageWriter
+
+T0 = 1_800_000_000_000_000
+
+
+@pytest.fixture
+def writer(tmp_path):
+    w = StorageWriter(tmp_path / "db" / "gs.duckdb")
+    w.start()
+    yield w
+    w.close()
+
+
+def test_migrations_are_idempotent(tmp_path):
+    con = duckdb.connect(str(tmp_path / "m.duckdb"))
+    assert migrate(con) == list(range(1, LATEST_VERSION + 1))
+    assert migrate(con) == []
+    tables = {r[0] for r in con.execute("select table_name from information_schema.tables").fetchall()}
+    assert {
+        "devices",
+        "metrics",
+        "readings",
+        "events",
+        "alerts",
+        "alert_events",
+        "dead_letters",
+        "v_readings",
+    } <= tables
+
+
+def test_append_commits_readings_events_and_dead_letters(writer):
+    batch = IngestBatch(
+        readings=readings_from_columns([T0, T0 + 1], ["A", "B"], ["m", "m"], [1.0, 2.0]),
+        events=events_from_columns([T0], ["A"], ["status"], ["Charging"], ["gun 1"]),
+        dead_letters=dead_letters_table([DeadLetter("mqtt", "t/x", "invalid_json", "bad", b"x" * 10_000)]),
+    )
+    result = writer.append_sync(batch)
+    assert (result.readings, result.events, result.dead_letters) == (2, 1, 1)
+    con = writer.reader()
+    assert con.execute("select count(*) from readings").fetchone() == (2,)
+    assert con.execute("select code from events").fetchone() == ("Charging",)
+    assert con.execute("select reason, octet_length(payload) from dead_letters").fetchone() == ("invalid_json", 4096)
+
+
+def test_failed_write_rolls_back_and_writer_survives(writer):
+    def bad(con):
+        con.execute("insert into readings values (now(), 'A', 'm', 1, 0)")
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        writer.submit(bad).result()
+    assert writer.commit_failures == 1
+    assert writer.reader().execute("select count(*) from readings").fetchone() == (0,)
+    writer.append_sync(IngestBatch(readings=readings_from_columns([T0], ["A"], ["m"], [1.0])))
+    assert writer.reader().execute("select count(*) from readings").fetchone() == (1,)
+
+
+def test_data_survives_reopen(tmp_path):
+    path = tmp_path / "gs.duckdb"
+    w = StorageWriter(path)
+    w.start()
+    w.append_sync(IngestBatch(readings=readings_from_columns([T0] * 3, ["A"] * 3, ["m"] * 3, [1.0, 2.0, 3.0])))
+    w.close()
+    w2 = StorageWriter(path)
+    w2.start()
+    assert w2.reader().execute("select sum(value) from readings").fetchone() == (6.0,)
+    w2.close()
+
+
+def finding(action="fire", value=95.0):
+    return Finding(
+        action=action,
+        rule_id="gun_hot",
+        title="Gun hot",
+        device_id="DC01",
+        site="demo",
+        metric="gun1_temp_c",
+        value=value,
+        threshold=90,
+        unit="°C",
+        event_class="I",
+        message=f"DC01 gun1 {value} °C",
+        runbook="",
+        ts=datetime.now(UTC),
+    )
+
+
+def test_alert_lifecycle(writer):
+    lc = AlertLifecycle(writer)
+
+    async def go():
+        [c] = await lc.apply([finding()])
+        assert c.action == "fired"
+        [c2] = await lc.apply([finding(value=97)])
+        assert c2.action == "refired" and c2.alert_id == c.alert_id
+        await lc.acknowledge(c.alert_id, "li.wei", "on my way")
+        with pytest.raises(AlertStateError):
+            await lc.acknowledge(c.alert_id, "li.wei")
+        [c3] = await lc.apply([finding("clear", 80)])
+        assert c3.action == "resolved"
+        await lc.close(c.alert_id, "li.wei", "contacts replaced")
+        with pytest.raises(LookupError):
+            await lc.close(999, "x")
+        return c.alert_id
+
+    alert_id = asyncio.run(go())
+    con = writer.reader()
+    row = con.execute(
+        "select state, fire_count, value, acknowledged_by, event_class, "
+        "date_diff('second', created_at, ack_due), date_diff('second', created_at, restore_due) from alerts"
+    ).fetchone()
+    assert row == ("closed", 2, 80.0, "li.wei", "I", 300, 12 * 3600)
+    actions = [
+        r[0]
+        for r in con.execute(
+            "select action from alert_events where alert_id = ? order by ts, rowid", [alert_id]
+        ).fetchall()
+    ]
+    assert actions == ["fired", "refired", "acknowledged", "resolved", "closed"]
+
+
+def test_sql_guard(writer):
+    writer.append_sync(IngestBatch(readings=readings_from_columns([T0], ["A"], ["m"], [1.0])))
+    con = writer.reader()
+    assert run_read_query(con, "select count(*) from readings").rows == [(1,)]
+    assert run_read_query(con, "describe readings").rows
+    for bad in [
+        "delete from readings",
+        "drop table readings",
+        "select 1; select 2",
+        "create table x (a int)",
+        "attach 'x.db'",
+        "copy readings to 'x.csv'",
+        "set threads=1",
+        "call checkpoint()",
+    ]:
+        with pytest.raises(QueryRejectedError):
+            run_read_query(con, bad)
+    res = run_read_query(con, "select * from range(100)", max_rows=10)
+    assert len(res.rows) == 10 and res.truncated
+    with pytest.raises(QueryTimeoutError):
+        run_read_query(con, "select count(*) from range(100000000) a, range(100000) b", timeout_s=0.5)
+    assert con.execute("select count(*) from readings").fetchone() == (1,)
