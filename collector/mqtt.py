@@ -108,6 +108,7 @@ class MqttCollector:
         }[cfg.protocol]
         self._reject_logged: Counter[str] = Counter()
         self.subscribed = asyncio.Event()
+        self._protocol_settled = False
 
     # --- connection loop -------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -116,27 +117,34 @@ class MqttCollector:
             try:
                 await self._session(stop)
                 delay = self.cfg.reconnect_min_s
-            except aiomqtt.MqttCodeError as exc:
-                if (
-                    self.cfg.protocol == "auto"
-                    and self._protocol == aiomqtt.ProtocolVersion.V5
-                    and exc.rc in _UNSUPPORTED_PROTOCOL
-                ):
-                    log.warning(
-                        "broker %s:%d refused MQTT 5; falling back to MQTT 3.1.1 with a persistent session",
-                        self.cfg.host,
-                        self.cfg.port,
-                    )
-                    self._protocol = aiomqtt.ProtocolVersion.V311
-                    continue
-                self._connection_lost(exc)
             except aiomqtt.MqttError as exc:
+                if self._try_other_protocol(exc):
+                    continue
                 self._connection_lost(exc)
             if stop.is_set():
                 break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
             delay = min(delay * 2, self.cfg.reconnect_max_s)
+
+    def _try_other_protocol(self, exc: aiomqtt.MqttError) -> bool:
+        """With protocol 'auto', a broker that refuses MQTT 5 (or, like amqtt, never answers a v5
+        CONNECT) gets MQTT 3.1.1 with a persistent session instead. Decided once per collector."""
+        if self.cfg.protocol != "auto" or self._protocol_settled or self._protocol != aiomqtt.ProtocolVersion.V5:
+            return False
+        if isinstance(exc, aiomqtt.MqttCodeError):
+            if exc.rc not in _UNSUPPORTED_PROTOCOL:
+                return False  # e.g. bad credentials: the same with 3.1.1
+        elif "timed out" not in str(exc):
+            return False  # the broker is unreachable: no verdict on its protocol yet
+        log.warning(
+            "broker %s:%d did not accept MQTT 5 (%s); trying MQTT 3.1.1 with a persistent session",
+            self.cfg.host,
+            self.cfg.port,
+            exc,
+        )
+        self._protocol = aiomqtt.ProtocolVersion.V311
+        return True
 
     def _connection_lost(self, exc: Exception) -> None:
         self.stats.connected = False
@@ -174,7 +182,7 @@ class MqttCollector:
             username=self.cfg.username,
             password=self.cfg.password.get_secret_value() if self.cfg.password else None,
             keepalive=self.cfg.keepalive_s,
-            timeout=10,
+            timeout=5,
             **kwargs,
         )
         # aiomqtt has no public manual-ack API yet (aiomqtt #345): reach the paho client.
@@ -185,6 +193,7 @@ class MqttCollector:
     async def _session(self, stop: asyncio.Event) -> None:
         client = self._client()
         async with client:
+            self._protocol_settled = True
             self.stats.connects += 1
             self.stats.connected = True
             self.stats.protocol = "5" if self._protocol == aiomqtt.ProtocolVersion.V5 else "3.1.1"

@@ -160,45 +160,42 @@ def _banner(run_: Any, startup_s: float) -> None:
     s = run_.service
     cfg = s.cfg
     url = s.http_url
-    db = cfg.database_path
     ddir = cfg.data_dir
     dd_arg = "" if ddir.resolve() == DEFAULT_DATA_DIR.resolve() else f" --data-dir {ddir}"
-    lines = [
-        f"[bold]GridSentry {__version__} demo[/] is up (started in {startup_s:.1f} s). Press Ctrl-C to stop.",
-        "",
-        f"[bold]Simulated site[/]   {cfg.sites[0].name} ({len(cfg.devices)} devices: 4 AC 7 kW, 2 DC 120 kW dual-gun, 2 PV inverters, 1 box transformer)",
-        "[bold]Injected fault[/]   DC02 gun 1 connector overheats ~20 s after start -> class II then class I alert",
-        f"[bold]MQTT broker[/]      mqtt://127.0.0.1:{cfg.mqtt.port}  ({run_.broker.kind}); topics gridsentry/<site>/<device>/telemetry|events",
-        "",
-        f"[bold]HTTP API[/]         {url}/docs  (OpenAPI)",
-        f"[bold]Devices[/]          {url}/api/devices",
-        f"[bold]Alerts[/]           {url}/api/alerts",
-        f"[bold]Metrics[/]          {url}/metrics  (Prometheus)",
-        f"[bold]Health[/]           {url}/healthz   {url}/readyz",
-        "",
-        f"[bold]Database[/]         {db}  (DuckDB)",
-        f'[bold]Query it[/]         gridsentry sql{dd_arg} "select count(*) from readings"',
-        f'                 gridsentry sql{dd_arg} "select * from v_open_alerts"',
-        f"                 curl -s {url}/api/sql -H 'content-type: application/json' -d '{{\"query\": \"select count(*) from readings\"}}'",
-        f"[bold]Logs[/]             this terminal; broker log under {ddir / 'mosquitto'}"
-        if run_.broker.kind == "mosquitto"
-        else "[bold]Logs[/]             this terminal",
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column()
+    rows = [
+        ("Site", f"{cfg.sites[0].name}: {len(cfg.devices)} devices (4 AC 7 kW, 2 DC 120 kW dual-gun, 2 PV inverters, 1 box transformer)"),
+        ("Injected fault", "DC02 gun 1 connector overheats 5 s after start: class II, then class I alert within a minute"),
+        ("MQTT broker", f"mqtt://127.0.0.1:{cfg.mqtt.port} ({run_.broker.kind})"),
+        ("Topics", "gridsentry/<site>/<device>/telemetry and .../events"),
+        ("", ""),
+        ("HTTP API", f"{url}/docs"),
+        ("Devices", f"{url}/api/devices"),
+        ("Alerts", f"{url}/api/alerts"),
+        ("Metrics", f"{url}/metrics"),
+        ("Health", f"{url}/healthz  {url}/readyz"),
+        ("", ""),
+        ("Database", str(cfg.database_path)),
+        ("Query it", f'gridsentry sql{dd_arg} "select count(*) from readings"'),
+        ("", f'gridsentry sql{dd_arg} "select * from v_open_alerts"'),
+        ("", f"curl -s {url}/api/sql -H 'content-type: application/json' -d '{{\"query\": \"select count(*) from readings\"}}'"),
+        ("Logs", "this terminal" + (f"; broker log in {ddir / 'mosquitto'}" if run_.broker.kind == "mosquitto" else "")),
     ]
-    console.print(Panel("\n".join(lines), title="GridSentry", border_style="green", expand=False))
+    for k, v in rows:
+        grid.add_row(k, v)
+    title = f"GridSentry {__version__} demo is up in {startup_s:.1f} s. Ctrl-C stops it."
+    console.print(Panel(grid, title=title, title_align="left", border_style="green", expand=False))
 
 
 def _summary(run_: Any, stats: Any) -> None:
-    con = duckdb.connect(str(run_.service.cfg.database_path), read_only=True)
-    try:
-        stored = con.execute("SELECT count(*) FROM readings").fetchone()
-        alerts = con.execute("SELECT count(*) FROM alerts").fetchone()
-        dead = con.execute("SELECT count(*) FROM dead_letters").fetchone()
-    finally:
-        con.close()
+    s = run_.service
     console.print(
         f"demo stopped: published {stats.readings} readings in {stats.messages} messages "
-        f"(+{stats.malformed} malformed); stored {stored[0] if stored else 0} readings, "
-        f"{dead[0] if dead else 0} dead letters, {alerts[0] if alerts else 0} alerts in {run_.service.cfg.database_path}"
+        f"(incl. {stats.malformed} malformed); this run stored {sum(s.readings_committed.values())} readings, "
+        f"{s.dead_letters_committed} dead letters and raised {s.alerts.raised} alerts. "
+        f"Query the history: gridsentry sql --data-dir {s.cfg.data_dir} \"select count(*) from readings\""
     )
 
 

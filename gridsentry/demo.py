@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from simulator.publisher import MqttFleetPublisher, PublishStats
-
 from gridsentry.config import Config, DeviceConfig, HttpConfig, SiteConfig
 from gridsentry.service import Service
+from simulator.core import FleetSimulator
 from simulator.faults import FaultSpec
 from simulator.fleet import demo_fleet, demo_site
+from simulator.publisher import MqttFleetPublisher, PublishStats
 
 log = logging.getLogger("gridsentry.demo")
 
@@ -192,7 +192,9 @@ def demo_config(data_dir: Path, http_port: int, mqtt_port: int) -> Config:
 
 
 DEMO_FAULTS = (
-    FaultSpec(kind="dc_connector_overheat", device_id="DC02", start_after_s=20.0, params={"gun": 1}),
+    # A severe loose contact: the gun heats ~2 K/s, so the class II and class I alerts fire within
+    # the demo's first minute instead of after an hour of watching.
+    FaultSpec(kind="dc_connector_overheat", device_id="DC02", start_after_s=5.0, params={"gun": 1, "rise_k_per_min": 120}),
     FaultSpec(kind="malformed_payload", device_id="AC04", start_after_s=5.0, params={"every_n": 60}),
 )
 
@@ -250,6 +252,7 @@ async def start_demo(
             await asyncio.wait_for(service.collector.subscribed.wait(), 10)
     stop = asyncio.Event()
     site = demo_site()
-    publisher = MqttFleetPublisher(site, demo_fleet(site.id), seed=seed, faults=faults)
+    simulation = FleetSimulator(site, demo_fleet(site.id), seed=seed, faults=faults)
+    publisher = MqttFleetPublisher(simulation, client_id="gridsentry-demo-fleet")
     task = asyncio.create_task(publisher.run("127.0.0.1", mqtt_port, speed=speed, stop=stop), name="simulator")
     return DemoRun(service, b, publisher, task, stop)

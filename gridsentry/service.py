@@ -281,7 +281,7 @@ class Service:
         )
         self._http = uvicorn.Server(config)
         # The CLI owns SIGINT/SIGTERM and stops every stage in order; uvicorn must not grab them.
-        task = asyncio.create_task(self._http._serve(), name="http")  # noqa: SLF001
+        task = asyncio.create_task(self._http._serve(), name="http")
         self._tasks.append(task)
         while not self._http.started:
             if task.done():

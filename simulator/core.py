@@ -125,7 +125,10 @@ class FleetSimulator:
         seed: int = 1,
         start: datetime | None = None,
         faults: Sequence[FaultSpec] = (),
+        physics_step_s: float | None = None,
     ) -> None:
+        """`physics_step_s` (default: 1 s, or the shortest device interval if shorter) trades
+        event resolution for speed when simulating weeks for backtests; at most 60 s."""
         if not devices:
             raise ValueError("a fleet needs at least one device")
         by_id: dict[str, DeviceSpec] = {}
@@ -148,7 +151,9 @@ class FleetSimulator:
         self.start = start.astimezone(UTC)
         self.ground_truth: list[FaultRecord] = []
         # Fine enough to resolve the fastest device and status changes to the second.
-        self._dt = min(1.0, *(d.interval_s for d in devices))
+        self._dt = physics_step_s if physics_step_s is not None else min(1.0, *(d.interval_s for d in devices))
+        if not 0 < self._dt <= 60.0:
+            raise ValueError(f"physics_step_s must be within (0, 60] s, got {physics_step_s}")
         self._tick = 0
         self._booted = False
         self._tz = site_timezone(site.timezone, site.longitude)
@@ -284,7 +289,7 @@ class FleetSimulator:
             assert isinstance(model, PvInverterModel)
             string = int(params.get("string", 1))
             factor = float(params.get("factor", 0.0))
-            model.string_health[string - 1] = factor
+            model.set_string_health(string, factor)
             detail = f"string {string} at {factor:.0%} of normal output"
         elif spec.kind == "transformer_overload":
             assert isinstance(model, TransformerModel)
@@ -309,7 +314,7 @@ class FleetSimulator:
         elif spec.kind == "dc_fan_failure" and isinstance(model, DcChargerModel):
             model.fan_failed = False
         elif spec.kind == "pv_string_fault" and isinstance(model, PvInverterModel):
-            model.string_health[int(spec.params.get("string", 1)) - 1] = 1.0
+            model.set_string_health(int(spec.params.get("string", 1)), 1.0)
         elif spec.kind == "transformer_overload" and isinstance(model, TransformerModel):
             model.extra_kva = 0.0
         record = self.ground_truth[fault.record_index]

@@ -464,6 +464,11 @@ class PvInverterModel(DeviceModel):
         self.dc_voltage_v = voltage
         self.string_currents = [s * 1000.0 / voltage for s in shares]
 
+    def set_string_health(self, string: int, factor: float) -> None:
+        """Scale one string's output (1-based): 0 is an open string, 1 a healthy one."""
+        self.string_health[string - 1] = factor
+        self._compute()
+
     @property
     def grid_power_kw(self) -> float:
         return -self.ac_kw
