@@ -223,4 +223,3 @@ class MqttFleetPublisher:
             seconds = min(seconds, max(0.0, deadline - loop.time()))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=seconds)
-

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -31,7 +33,7 @@ def run(sim: FleetSimulator, seconds: float) -> list[OutMessage]:
     return sim.step(sim.start + timedelta(seconds=seconds))
 
 
-def telemetry(messages: list[OutMessage], device: str) -> list[dict]:
+def telemetry(messages: list[OutMessage], device: str) -> list[dict[str, Any]]:
     return [
         json.loads(m.payload)
         for m in messages
@@ -106,9 +108,9 @@ def test_history_does_not_depend_on_step_cadence():
 
 def test_step_requires_aware_datetimes():
     with pytest.raises(ValueError, match="timezone-aware"):
-        make().step(datetime(2026, 1, 1))  # noqa: DTZ001
+        make().step(datetime(2026, 1, 1))
     with pytest.raises(ValueError, match="timezone-aware"):
-        FleetSimulator(demo_site(), demo_fleet(), start=datetime(2026, 1, 1))  # noqa: DTZ001
+        FleetSimulator(demo_site(), demo_fleet(), start=datetime(2026, 1, 1))
 
 
 # --- physics ---------------------------------------------------------------------------------
@@ -117,16 +119,16 @@ def test_step_requires_aware_datetimes():
 def test_solar_elevation_shenzhen():
     # Shenzhen sits just south of the Tropic of Cancer: the June noon sun is almost overhead.
     assert solar_elevation_deg(22.54, 114.06, datetime(2026, 6, 21, 4, 24, tzinfo=UTC)) > 85
-    assert solar_elevation_deg(22.54, 114.06, datetime(2026, 12, 21, 4, 24, tzinfo=UTC)) == pytest.approx(
-        44, abs=1.5
-    )
+    assert solar_elevation_deg(22.54, 114.06, datetime(2026, 12, 21, 4, 24, tzinfo=UTC)) == pytest.approx(44, abs=1.5)
     assert solar_elevation_deg(22.54, 114.06, MIDNIGHT) < -40
     assert clear_sky_irradiance(-5) == 0
     assert clear_sky_irradiance(90) == pytest.approx(1000)
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-@pytest.mark.parametrize("day", [datetime(2026, 6, 21, tzinfo=UTC), datetime(2026, 12, 21, tzinfo=UTC)], ids=["june", "december"])
+@pytest.mark.parametrize(
+    "day", [datetime(2026, 6, 21, tzinfo=UTC), datetime(2026, 12, 21, tzinfo=UTC)], ids=["june", "december"]
+)
 def test_pv_zero_at_midnight_and_producing_at_noon(seed, day):
     noon = day.replace(hour=4)
     midnight = day.replace(hour=16)
@@ -154,7 +156,7 @@ def test_chargers_stay_within_ratings_and_registers_only_rise():
         assert len(samples) == 4 * 360 + 1
         if "energy_kwh" in metric_names(device):
             energy = [s["metrics"]["energy_kwh"] for s in samples]
-            assert all(b >= a for a, b in zip(energy, energy[1:], strict=False)), device.id
+            assert all(b >= a for a, b in itertools.pairwise(energy)), device.id
             assert energy[-1] > energy[0], device.id
         if device.kind == "charger_ac":
             for s in samples:
@@ -351,9 +353,7 @@ def test_pv_string_fault_drops_one_string():
 def test_dc_fan_failure_heats_modules():
     healthy = series(run(make(seed=9, interval_s=30, physics_step_s=5), 3600), "DC01", "module_temp_c")
     fault = FaultSpec("dc_fan_failure", "DC01", 0, {})
-    failed = series(
-        run(make(seed=9, interval_s=30, faults=[fault], physics_step_s=5), 3600), "DC01", "module_temp_c"
-    )
+    failed = series(run(make(seed=9, interval_s=30, faults=[fault], physics_step_s=5), 3600), "DC01", "module_temp_c")
     assert failed[-1] > healthy[-1] + 3
 
 
