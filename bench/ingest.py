@@ -714,7 +714,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--hot-devices", type=int, default=2, help="devices whose gun1_temp_c runs at ~85 °C, so rules fire (default 2)"
     )
     p.add_argument("--interval-s", type=float, default=1.0, help="reading-time gap between a device's messages")
-    p.add_argument("--pub-parallel", type=int, default=4, help="mosquitto_pub processes at a time (default 4)")
+    p.add_argument(
+        "--pub-parallel",
+        type=int,
+        default=32,
+        help="mosquitto_pub processes at a time (default 32; each idles ~0.2 s around its connect and exit)",
+    )
     p.add_argument(
         "--broker-inflight", type=int, default=1000, help="broker max_inflight_messages (default 1000; mosquitto's is 20)"
     )

@@ -136,21 +136,22 @@ def demo(
     async def main(stop: asyncio.Event, duration: float | None) -> None:
         t0 = time.monotonic()
         try:
-            run_ = await start_demo(
-                data_dir.resolve(),
-                http_port=http_port,
-                mqtt_port=mqtt_port,
-                speed=speed,
-                seed=seed,
-                broker=broker.value,
-            )
+            with console.status("Starting the MQTT broker, database, rules, HTTP API and simulated fleet..."):
+                run_ = await start_demo(
+                    data_dir.resolve(),
+                    http_port=http_port,
+                    mqtt_port=mqtt_port,
+                    speed=speed,
+                    seed=seed,
+                    broker=broker.value,
+                )
         except Exception as exc:
             raise _fail(f"the demo could not start: {exc}", 1) from exc
         _banner(run_, time.monotonic() - t0)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), duration)
-        console.print("stopping: committing what has arrived...")
-        stats = await run_.shutdown()
+        with console.status("Stopping: committing what has arrived..."):
+            stats = await run_.shutdown()
         _summary(run_, stats)
 
     asyncio.run(_run_until_signal(main, duration))
@@ -166,8 +167,14 @@ def _banner(run_: Any, startup_s: float) -> None:
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column()
     rows = [
-        ("Site", f"{cfg.sites[0].name}: {len(cfg.devices)} devices (4 AC 7 kW, 2 DC 120 kW dual-gun, 2 PV inverters, 1 box transformer)"),
-        ("Injected fault", "DC02 gun 1 connector overheats 5 s after start: class II, then class I alert within a minute"),
+        (
+            "Site",
+            f"{cfg.sites[0].name}: {len(cfg.devices)} devices (4 AC 7 kW, 2 DC 120 kW dual-gun, 2 PV inverters, 1 box transformer)",
+        ),
+        (
+            "Injected fault",
+            "DC02 gun 1 connector overheats 5 s after start: class II, then class I alert within a minute",
+        ),
         ("MQTT broker", f"mqtt://127.0.0.1:{cfg.mqtt.port} ({run_.broker.kind})"),
         ("Topics", "gridsentry/<site>/<device>/telemetry and .../events"),
         ("", ""),
@@ -180,8 +187,14 @@ def _banner(run_: Any, startup_s: float) -> None:
         ("Database", str(cfg.database_path)),
         ("Query it", f'gridsentry sql{dd_arg} "select count(*) from readings"'),
         ("", f'gridsentry sql{dd_arg} "select * from v_open_alerts"'),
-        ("", f"curl -s {url}/api/sql -H 'content-type: application/json' -d '{{\"query\": \"select count(*) from readings\"}}'"),
-        ("Logs", "this terminal" + (f"; broker log in {ddir / 'mosquitto'}" if run_.broker.kind == "mosquitto" else "")),
+        (
+            "",
+            f"curl -s {url}/api/sql -H 'content-type: application/json' -d '{{\"query\": \"select count(*) from readings\"}}'",
+        ),
+        (
+            "Logs",
+            "this terminal" + (f"; broker log in {ddir / 'mosquitto'}" if run_.broker.kind == "mosquitto" else ""),
+        ),
     ]
     for k, v in rows:
         grid.add_row(k, v)
@@ -195,7 +208,7 @@ def _summary(run_: Any, stats: Any) -> None:
         f"demo stopped: published {stats.readings} readings in {stats.messages} messages "
         f"(incl. {stats.malformed} malformed); this run stored {sum(s.readings_committed.values())} readings, "
         f"{s.dead_letters_committed} dead letters and raised {s.alerts.raised} alerts. "
-        f"Query the history: gridsentry sql --data-dir {s.cfg.data_dir} \"select count(*) from readings\""
+        f'Query the history: gridsentry sql --data-dir {s.cfg.data_dir} "select count(*) from readings"'
     )
 
 

@@ -194,7 +194,9 @@ def demo_config(data_dir: Path, http_port: int, mqtt_port: int) -> Config:
 DEMO_FAULTS = (
     # A severe loose contact: the gun heats ~2 K/s, so the class II and class I alerts fire within
     # the demo's first minute instead of after an hour of watching.
-    FaultSpec(kind="dc_connector_overheat", device_id="DC02", start_after_s=5.0, params={"gun": 1, "rise_k_per_min": 120}),
+    FaultSpec(
+        kind="dc_connector_overheat", device_id="DC02", start_after_s=5.0, params={"gun": 1, "rise_k_per_min": 120}
+    ),
     FaultSpec(kind="malformed_payload", device_id="AC04", start_after_s=5.0, params={"every_n": 60}),
 )
 

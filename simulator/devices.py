@@ -393,8 +393,9 @@ class DcChargerModel(DeviceModel):
             "gun2_current_a": g2.current_a,
             "gun1_temp_c": g1.temp_c,
             "gun2_temp_c": g2.temp_c,
-            "gun1_soc_pct": g1.soc_pct if g1.status == "Charging" else 0.0,
-            "gun2_soc_pct": g2.soc_pct if g2.status == "Charging" else 0.0,
+            # The BMS reports SoC from the handshake until the car is unplugged.
+            "gun1_soc_pct": g1.soc_pct if g1.status != "Available" else 0.0,
+            "gun2_soc_pct": g2.soc_pct if g2.status != "Available" else 0.0,
             "module_temp_c": self._module.value,
             "cabinet_temp_c": self._cabinet.value,
             "input_power_kw": self.input_kw,

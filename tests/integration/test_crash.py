@@ -41,11 +41,12 @@ def write_config(path: Path, data_dir: Path, mqtt_port: int) -> None:
 def start(config: Path, data_dir: Path) -> subprocess.Popen[bytes]:
     runtime = data_dir / "runtime.json"
     runtime.unlink(missing_ok=True)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gridsentry.cli", "run", "--config", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=open(data_dir.parent / f"service-{time.monotonic_ns()}.log", "wb"),
-    )
+    with open(data_dir.parent / f"service-{time.monotonic_ns()}.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gridsentry.cli", "run", "--config", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         assert proc.poll() is None, "gridsentry run exited at start-up"

@@ -202,11 +202,16 @@ async def test_messages_sent_while_gridsentry_is_down_arrive_after_restart(tmp_p
     n = 3000  # more than mosquitto's default offline queue of 1000, which the test broker lifts
     publish_raw(
         mosquitto.port,
-        [(f"gridsentry/s1/INV01/telemetry", f'{{"ts": {1_763_880_000 + i}, "ac_power_kw": {i % 50}}}'.encode()) for i in range(n)],
+        [
+            ("gridsentry/s1/INV01/telemetry", f'{{"ts": {1_763_880_000 + i}, "ac_power_kw": {i % 50}}}'.encode())
+            for i in range(n)
+        ],
     )
     service = await start_service(cfg)
     try:
-        await wait_for(lambda: count(service, "select count(*) from readings") >= n, timeout=30, what=f"{n} queued readings")
+        await wait_for(
+            lambda: count(service, "select count(*) from readings") >= n, timeout=30, what=f"{n} queued readings"
+        )
         assert count(service, "select count(distinct ts) from readings") == n
     finally:
         await service.stop()
