@@ -7,6 +7,7 @@ a fault in the data never changes the physics and ground truth stays clean.
 
 from __future__ import annotations
 
+import abc
 import math
 import random
 from dataclasses import dataclass
@@ -50,19 +51,20 @@ class DeviceEvent(NamedTuple):
     text: str
 
 
-class DeviceModel:
+class DeviceModel(abc.ABC):
     """Common surface of every device model."""
 
     def __init__(self, spec: DeviceSpec, rng: random.Random) -> None:
         self.spec = spec
         self.rng = rng
 
+    @abc.abstractmethod
     def advance(self, env: Environment, dt: float) -> list[DeviceEvent]:
-        raise NotImplementedError
+        """Move the device's physics forward by `dt` seconds; return the events that happened."""
 
+    @abc.abstractmethod
     def readings(self) -> dict[str, float]:
         """True (noise-free, unrounded) values of every metric the device publishes."""
-        raise NotImplementedError
 
     def connector_statuses(self) -> dict[str, str]:
         """Current OCPP-style status per connector label; empty for devices without connectors."""

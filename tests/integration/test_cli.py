@@ -26,7 +26,20 @@ def gs(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 def test_demo_runs_prints_banner_and_sql_works_live_and_stopped(tmp_path: Path):
     data = tmp_path / "data"
     proc = subprocess.Popen(
-        [*GS, "demo", "--data-dir", str(data), "--http-port", "0", "--mqtt-port", "0", "--speed", "4", "--duration", "40"],
+        [
+            *GS,
+            "demo",
+            "--data-dir",
+            str(data),
+            "--http-port",
+            "0",
+            "--mqtt-port",
+            "0",
+            "--speed",
+            "4",
+            "--duration",
+            "40",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -68,7 +81,14 @@ def test_demo_runs_prints_banner_and_sql_works_live_and_stopped(tmp_path: Path):
         assert needle in out, needle
     assert not runtime.exists()
     # With the service stopped, the file is opened read-only.
-    r = gs("sql", "--data-dir", str(data), "--format", "csv", "select device_id, event_class from alerts order by event_class")
+    r = gs(
+        "sql",
+        "--data-dir",
+        str(data),
+        "--format",
+        "csv",
+        "select device_id, event_class from alerts order by event_class",
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == ["device_id,event_class", "DC02,I", "DC02,II"]
     r = gs("sql", "--data-dir", str(data), "drop table readings")
@@ -85,7 +105,10 @@ def test_sql_without_database_explains(tmp_path: Path):
 def test_config_check(tmp_path: Path):
     good = Path(__file__).parents[2] / "deploy" / "gridsentry.example.yaml"
     r = subprocess.run(
-        [*GS, "config", "check", str(good)], capture_output=True, text=True, env={**ENV, "GRIDSENTRY_MQTT_PASSWORD": "x"}
+        [*GS, "config", "check", str(good)],
+        capture_output=True,
+        text=True,
+        env={**ENV, "GRIDSENTRY_MQTT_PASSWORD": "x"},
     )
     assert r.returncode == 0 and "is valid" in r.stdout, r.stderr
     bad = tmp_path / "bad.yaml"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import shutil
 import socket
 import subprocess
 import sys
@@ -22,10 +21,9 @@ import pytest
 
 from simulator import FaultSpec, FleetSimulator, demo_fleet, demo_site
 from simulator.publisher import MqttFleetPublisher, PublishStats
+from tests.conftest import mosquitto_path
 
 pytestmark = pytest.mark.integration
-
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
 def _free_port() -> int:
@@ -43,13 +41,12 @@ def _port_open(port: int) -> bool:
 @contextlib.contextmanager
 def mosquitto(port: int | None = None) -> Iterator[int]:
     """A throwaway mosquitto on 127.0.0.1; yields its port."""
-    if not Path(MOSQUITTO).exists():
-        pytest.skip("mosquitto is not installed")
+    exe = mosquitto_path()  # fails with install instructions when missing: never skip
     port = port or _free_port()
     with tempfile.TemporaryDirectory() as tmp:
         conf = Path(tmp) / "mosquitto.conf"
         conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-        proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             deadline = time.monotonic() + 10
             while not _port_open(port):
