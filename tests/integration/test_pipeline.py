@@ -41,6 +41,13 @@ async def wait_for(predicate, timeout: float = 20.0, what: str = "condition") ->
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def broker_config(tmp_path: Path, port: int, *devices: DeviceConfig, **overrides: object) -> Config:
+    cfg = Config(data_dir=tmp_path / "data", devices=list(devices), **overrides)  # type: ignore[arg-type]
+    cfg.http.port = 0
+    cfg.mqtt.port = port
+    return cfg
+
+
 async def start_service(cfg: Config) -> Service:
     service = Service(cfg)
     await service.start()
@@ -130,9 +137,7 @@ async def test_simulated_fleet_is_stored_exactly_and_fault_alerts(tmp_path: Path
 
 
 async def test_bad_input_is_dead_lettered_counted_and_survived(tmp_path: Path, mosquitto: MosquittoBroker):
-    cfg = Config(data_dir=tmp_path / "data", devices=[DeviceConfig(id="DC01", site="s1", kind="charger_dc")])
-    cfg.http.port = 0
-    cfg.mqtt.port = mosquitto.port
+    cfg = broker_config(tmp_path, mosquitto.port, DeviceConfig(id="DC01", site="s1", kind="charger_dc"))
     service = await start_service(cfg)
     try:
         good = b'{"ts": "2026-11-23T08:00:00Z", "metrics": {"gun1_temp_c": 41.5, "gun1_power_kw": 55}}'
@@ -175,9 +180,7 @@ async def test_bad_input_is_dead_lettered_counted_and_survived(tmp_path: Path, m
 
 
 async def test_rejecting_unknown_devices_keeps_their_data_in_dead_letters(tmp_path: Path, mosquitto: MosquittoBroker):
-    cfg = Config(data_dir=tmp_path / "data", unknown_devices="reject")
-    cfg.http.port = 0
-    cfg.mqtt.port = mosquitto.port
+    cfg = broker_config(tmp_path, mosquitto.port, unknown_devices="reject")
     service = await start_service(cfg)
     try:
         publish_raw(mosquitto.port, [("gridsentry/s1/GHOST/telemetry", b'{"metrics": {"power_kw": 3.3}}')])
@@ -192,9 +195,7 @@ async def test_rejecting_unknown_devices_keeps_their_data_in_dead_letters(tmp_pa
 
 async def test_messages_sent_while_gridsentry_is_down_arrive_after_restart(tmp_path: Path, mosquitto: MosquittoBroker):
     """The persistent session (MQTT 5, clean_start=False, session expiry) keeps what arrives while we are down."""
-    cfg = Config(data_dir=tmp_path / "data", devices=[DeviceConfig(id="INV01", site="s1", kind="pv_inverter")])
-    cfg.http.port = 0
-    cfg.mqtt.port = mosquitto.port
+    cfg = broker_config(tmp_path, mosquitto.port, DeviceConfig(id="INV01", site="s1", kind="pv_inverter"))
     service = await start_service(cfg)
     assert service.collector_stats.protocol == "5"
     await service.stop()
@@ -223,9 +224,7 @@ async def test_embedded_amqtt_broker_and_protocol_fallback(tmp_path: Path):
 
     broker = Broker(free_port(), tmp_path, prefer="amqtt")
     await broker.start()
-    cfg = Config(data_dir=tmp_path / "data", devices=[DeviceConfig(id="AC01", site="s1", kind="charger_ac")])
-    cfg.http.port = 0
-    cfg.mqtt.port = broker.port
+    cfg = broker_config(tmp_path, broker.port, DeviceConfig(id="AC01", site="s1", kind="charger_ac"))
     cfg.mqtt.reconnect_min_s = 0.1
     try:
         service = await start_service(cfg)
