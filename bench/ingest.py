@@ -28,6 +28,7 @@ import contextlib
 import cProfile
 import json
 import logging
+import math
 import os
 import platform
 import random
@@ -54,6 +55,7 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout
 
 from gridsentry.config import Config, DeviceConfig  # noqa: E402
 from gridsentry.service import Service  # noqa: E402
+from storage.writer import CommitResult  # noqa: E402
 
 log = logging.getLogger("bench.ingest")
 
@@ -180,17 +182,18 @@ class Broker:
                     "max_queued_messages 0",
                     "max_queued_bytes 0",
                     "log_dest stderr",
-                    "log_type error",
+                    f"log_type {os.environ.get('BENCH_MOSQUITTO_LOG', 'error')}",
                     "",
                 ]
             )
         )
-        self.proc = subprocess.Popen([mosquitto_bin(), "-c", str(conf)], stderr=subprocess.PIPE)
+        self.log = self.workdir / "mosquitto.log"
+        with self.log.open("wb") as log_file:  # a file, not a pipe: a full pipe would stall the broker
+            self.proc = subprocess.Popen([mosquitto_bin(), "-c", str(conf)], stderr=log_file)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-                raise HarnessError(f"mosquitto exited at start: {err.strip()}")
+                raise HarnessError(f"mosquitto exited at start: {self.log.read_text().strip()}")
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
                 return
@@ -259,14 +262,23 @@ def reset_peak_rss() -> None:
         Path("/proc/self/clear_refs").write_text("5")
 
 
-def peak_rss_mb() -> float:
+def _status_mb(key: str) -> float | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(key):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return None
+
+
+def current_rss_mb() -> float:
+    return _status_mb("VmRSS:") or 0.0
+
+
+def peak_rss_mb() -> float:
+    peak = _status_mb("VmHWM:")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 @dataclass
@@ -389,7 +401,7 @@ async def baseline(mode: str, wl: Workload, args: argparse.Namespace, tmp: Path)
         with out.open("wb") as f:
             proc = await asyncio.create_subprocess_exec(
                 *cmd,
-                *("-C", str(wl.messages), "-W", str(int(args.timeout)), "-F", "%U"),
+                *("-C", str(wl.messages), "-W", str(max(1, math.ceil(args.timeout))), "-F", "%U"),
                 stdout=f,
                 stderr=asyncio.subprocess.PIPE,
             )
@@ -423,6 +435,7 @@ def make_config(data_dir: Path, port: int, wl: Workload, args: argparse.Namespac
     cfg.mqtt.flush_max_messages = args.flush_max_messages
     cfg.mqtt.flush_interval_ms = args.flush_interval_ms
     cfg.mqtt.flush_idle_ms = args.flush_idle_ms
+    cfg.mqtt.protocol = args.protocol
     cfg.http.port = 0
     cfg.devices = [DeviceConfig(id=d, site=SITE, kind="charger_dc", rated_kw=120) for d in wl.devices]
     return cfg
@@ -479,14 +492,26 @@ async def gridsentry(
             await first.stop()
             res.publish_seconds = await publish_all(broker.port, wl.jobs, args.pub_parallel, f"gs-{mode}")
         svc = Service(make_config(data_dir, broker.port, wl, args))
+        commits: list[tuple[float, int]] = []  # (seconds, readings) of every write transaction
+        chained = svc.writer.on_commit
+
+        def on_commit(result: CommitResult) -> None:
+            commits.append((result.seconds, result.readings))
+            if chained is not None:
+                chained(result)
+
+        svc.writer.on_commit = on_commit
         reset_peak_rss()
+        rss_start = current_rss_mb()
         meter = Meter(broker).start()
         if profiler is not None:
             profiler.enable()
         t0 = time.perf_counter()
         await svc.start()
+        t_started = time.perf_counter()
         assert svc.collector is not None
         await asyncio.wait_for(svc.collector.subscribed.wait(), 10)
+        t_subscribed = time.perf_counter()
         pub_task = None
         if mode == "live":
             meter.start()
@@ -497,9 +522,11 @@ async def gridsentry(
             scraper = Scraper(svc.http_url + "/metrics", args.scrape_interval)
             scraper.start()
         t_first: float | None = None
+        max_pending = 0
 
         def committed() -> bool:
-            nonlocal t_first
+            nonlocal t_first, max_pending
+            max_pending = max(max_pending, svc.collector_stats.pending)
             if t_first is None and svc.collector_stats.messages_received:
                 t_first = time.perf_counter()
             return svc.readings_committed["mqtt"] >= target
@@ -529,16 +556,27 @@ async def gridsentry(
         finally:
             con.close()
         stats = svc.collector_stats
-        res.messages_received = stats.messages_acked if done else stats.messages_received
+        res.messages_received = stats.messages_acked  # acked = committed
         res.readings_stored = rows
         res.cpu_own_s, res.cpu_children_s, res.cpu_broker_s = meter.own, meter.children, meter.broker_s
         res.foreign_cores = meter.foreign_cores
+        secs = sorted(c[0] for c in commits)
         res.extra.update(
+            rss_at_start_mb=round(rss_start, 1),
+            commit_seconds_mean=round(sum(secs) / len(secs), 4) if secs else None,
+            commit_seconds_p95=round(secs[int(0.95 * (len(secs) - 1))], 4) if secs else None,
+            commit_seconds_max=round(secs[-1], 4) if secs else None,
+            commit_seconds_total=round(sum(secs), 3),
+            start_seconds=round(t_started - t0, 3) if mode == "drain" else None,
+            subscribe_seconds=round(t_subscribed - t0, 3) if mode == "drain" else None,
+            first_message_seconds=round(t_first - t0, 3) if t_first is not None else None,
+            protocol=stats.protocol,
             readings_committed=svc.readings_committed["mqtt"],
             messages_received_total=stats.messages_received,
             messages_acked=stats.messages_acked,
             distinct_messages_stored=distinct_msgs,
             flushes=stats.flushes,
+            max_pending_messages=max_pending,
             mean_flush_messages=round(stats.messages_acked / stats.flushes, 1) if stats.flushes else None,
             commits=svc.writer.commits,
             rejected=dict(stats.rejected),
@@ -554,7 +592,7 @@ async def gridsentry(
         )
         if not done:
             res.extra["error"] = (
-                f"timed out after {args.timeout:.0f} s with {svc.readings_committed['mqtt']:,} of {target:,} readings"
+                f"timed out after {args.timeout:g} s with {svc.readings_committed['mqtt']:,} of {target:,} readings"
             )
         await svc.stop()
         return res
@@ -607,6 +645,9 @@ def summarize(mode: str, gs: Result, sub: Result, r: int) -> dict[str, Any]:
         "mode": mode,
         "gridsentry_readings_per_s": round(gs_rps, 1),
         "gridsentry_messages_per_s": round(gs.msgs_per_s, 1),
+        "gridsentry_steady_readings_per_s": round(gs.messages_received / gs.steady_seconds * r, 1)
+        if gs.steady_seconds
+        else None,
         "mosquitto_sub_messages_per_s": round(sub.msgs_per_s, 1),
         "mosquitto_sub_readings_per_s": round(sub_rps, 1),
         "ratio_to_mosquitto_sub": round(gs_rps / sub_rps, 4) if sub_rps else None,
@@ -641,6 +682,7 @@ def print_report(wl: Workload, rows: list[dict[str, Any]], runs: list[Result], i
         "mode",
         "GS readings/s",
         "GS msg/s",
+        "GS steady r/s",
         "sub msg/s",
         "sub readings/s",
         "GS/sub",
@@ -657,6 +699,7 @@ def print_report(wl: Workload, rows: list[dict[str, Any]], runs: list[Result], i
                 row["mode"],
                 _fmt_rate(row["gridsentry_readings_per_s"]),
                 _fmt_rate(row["gridsentry_messages_per_s"]),
+                _fmt_rate(row["gridsentry_steady_readings_per_s"]),
                 _fmt_rate(row["mosquitto_sub_messages_per_s"]),
                 _fmt_rate(row["mosquitto_sub_readings_per_s"]),
                 "-" if row["ratio_to_mosquitto_sub"] is None else f"{row['ratio_to_mosquitto_sub']:.3f}",
@@ -669,7 +712,9 @@ def print_report(wl: Workload, rows: list[dict[str, Any]], runs: list[Result], i
         )
     widths = [max(len(str(t[i])) for t in table) for i in range(len(head))]
     for i, t in enumerate(table):
-        print("  ".join(str(c).rjust(w) if j else str(c).ljust(w) for j, (c, w) in enumerate(zip(t, widths))))
+        print(
+            "  ".join(str(c).rjust(w) if j else str(c).ljust(w) for j, (c, w) in enumerate(zip(t, widths, strict=True)))
+        )
         if i == 0:
             print("  ".join("-" * w for w in widths))
     print()
@@ -681,18 +726,30 @@ def print_report(wl: Workload, rows: list[dict[str, Any]], runs: list[Result], i
             f"children {res.cpu_children_s:.2f} s, broker {res.cpu_broker_s:.2f} s"
         )
         if res.publish_seconds is not None:
-            line += f"; publish took {res.publish_seconds:.2f} s ({res.messages_expected / res.publish_seconds:,.0f} msg/s)"
+            line += (
+                f"; publish took {res.publish_seconds:.2f} s ({res.messages_expected / res.publish_seconds:,.0f} msg/s)"
+            )
         print(line)
         if res.consumer == "gridsentry":
             e = res.extra
             print(
                 f"{'':13s}        stored {res.readings_stored:,} rows ({e['distinct_messages_stored']:,} distinct "
-                f"messages); {e['flushes']} flushes (mean {e['mean_flush_messages']} msgs), "
-                f"rules evaluated {e['readings_evaluated']:,} readings in {e['rule_evaluations']} evaluations "
+                f"messages); {e['flushes']} flushes (mean {e['mean_flush_messages']} msgs, max {e['max_pending_messages']} "
+                f"unacked seen); {e['commits']} commits "
+                f"(mean {e['commit_seconds_mean']} s, p95 {e['commit_seconds_p95']} s, max {e['commit_seconds_max']} s, "
+                f"total {e['commit_seconds_total']} s); RSS {e['rss_at_start_mb']} MB at start, peak {res.peak_rss_mb} MB"
+            )
+            print(
+                f"{'':13s}        rules evaluated {e['readings_evaluated']:,} readings in {e['rule_evaluations']} evaluations "
                 f"(caught up {e['rules_lag_seconds']} s after the last commit), {e['rule_errors']} rule errors, "
                 f"{e['alerts_raised']} alerts raised ({e['hot_devices']} hot devices), "
-                f"{e['scrapes']} /metrics scrapes (max {e['scrape_max_seconds']} s)"
+                f"{e['scrapes']} /metrics scrapes (max {e['scrape_max_seconds']} s); MQTT {e['protocol']}"
             )
+            if e["start_seconds"] is not None:
+                print(
+                    f"{'':13s}        start() returned after {e['start_seconds']} s, subscribed after "
+                    f"{e['subscribe_seconds']} s, first message after {e['first_message_seconds']} s"
+                )
         if "error" in res.extra:
             print(f"{'':13s}        ERROR: {res.extra['error']}")
     print()
@@ -717,11 +774,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--pub-parallel",
         type=int,
-        default=32,
-        help="mosquitto_pub processes at a time (default 32; each idles ~0.2 s around its connect and exit)",
+        default=64,
+        help="mosquitto_pub processes at a time (default 64; each idles ~0.2 s around its connect and exit)",
     )
     p.add_argument(
-        "--broker-inflight", type=int, default=1000, help="broker max_inflight_messages (default 1000; mosquitto's is 20)"
+        "--broker-inflight",
+        type=int,
+        default=1000,
+        help="broker max_inflight_messages (default 1000; mosquitto's is 20)",
+    )
+    p.add_argument(
+        "--protocol", choices=["auto", "5", "3.1.1"], default="auto", help="collector MQTT protocol (default auto = 5)"
     )
     p.add_argument("--flush-max-messages", type=int, default=2000, help="collector flush_max_messages (default 2000)")
     p.add_argument("--flush-interval-ms", type=int, default=100, help="collector flush_interval_ms (default 100)")
@@ -775,7 +838,7 @@ async def amain(args: argparse.Namespace) -> int:
             print(f"[{mode}]   {gs.msgs_per_s * wl.readings_per_message:,.0f} readings/s", flush=True)
             runs += [sub, gs]
             rows.append(summarize(mode, gs, sub, wl.readings_per_message))
-        info = {
+        info: dict[str, Any] = {
             "bench": "ingest",
             "when": datetime.now(UTC).isoformat(timespec="seconds"),
             "command": " ".join([Path(sys.executable).name, *sys.argv]),

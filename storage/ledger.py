@@ -34,33 +34,108 @@ def sync_ledger(
     sites: Iterable[Mapping[str, Any]],
     metrics: Iterable[Mapping[str, Any]],
 ) -> None:
-    """Upsert config's devices, sites and metrics (runs inside the writer's transaction)."""
-    dev_rows = [tuple(d.get(c) for c in DEVICE_COLUMNS) for d in devices]
-    if dev_rows:
-        con.executemany(  # a ledger is hundreds of rows, loaded once: executemany is fine here
-            f"INSERT INTO devices ({', '.join(DEVICE_COLUMNS)}, source, updated_at) "
-            f"VALUES ({', '.join('?' for _ in DEVICE_COLUMNS)}, 'config', now()) "
-            "ON CONFLICT (device_id) DO UPDATE SET "
-            + ", ".join(f"{c} = excluded.{c}" for c in DEVICE_COLUMNS[1:])
-            + ", source = 'config', updated_at = now()",
-            dev_rows,
+    """Upsert config's devices, sites and metrics (runs inside the writer's transaction).
+
+    Each list goes in as one Arrow table: row-at-a-time upserts cost ~4 ms per device, which is
+    seconds of start-up for a city fleet.
+    """
+    _upsert(
+        con,
+        "devices",
+        pa.Table.from_pylist(
+            [{c: d.get(c) for c in DEVICE_COLUMNS} for d in devices],
+            schema=pa.schema(
+                [
+                    ("device_id", pa.string()),
+                    ("site", pa.string()),
+                    ("kind", pa.string()),
+                    ("vendor", pa.string()),
+                    ("model", pa.string()),
+                    ("rated_kw", pa.float64()),
+                    ("parent_id", pa.string()),
+                    ("expected_interval_s", pa.float64()),
+                    ("commissioned", pa.string()),
+                    ("location", pa.string()),
+                    ("tags", pa.list_(pa.string())),
+                ]
+            ),
+        ),
+        key="device_id",
+        extra_set="source = 'config', updated_at = now()",
+        casts={"commissioned": "CAST(commissioned AS DATE)"},
+    )
+    _upsert(
+        con,
+        "sites",
+        pa.Table.from_pylist(
+            [
+                {"site_id": s["id"], **{k: s.get(k) for k in ("name", "latitude", "longitude", "timezone")}}
+                for s in sites
+            ],
+            schema=pa.schema(
+                [
+                    ("site_id", pa.string()),
+                    ("name", pa.string()),
+                    ("latitude", pa.float64()),
+                    ("longitude", pa.float64()),
+                    ("timezone", pa.string()),
+                ]
+            ),
+        ),
+        key="site_id",
+    )
+    _upsert(
+        con,
+        "metrics",
+        pa.Table.from_pylist(
+            [
+                {
+                    "name": m["name"],
+                    "unit": m["unit"],
+                    "description": m.get("description"),
+                    "min_value": m.get("min"),
+                    "max_value": m.get("max"),
+                }
+                for m in metrics
+            ],
+            schema=pa.schema(
+                [
+                    ("name", pa.string()),
+                    ("unit", pa.string()),
+                    ("description", pa.string()),
+                    ("min_value", pa.float64()),
+                    ("max_value", pa.float64()),
+                ]
+            ),
+        ),
+        key="name",
+    )
+
+
+def _upsert(
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    rows: pa.Table,
+    *,
+    key: str,
+    extra_set: str = "",
+    casts: Mapping[str, str] | None = None,
+) -> None:
+    if rows.num_rows == 0:
+        return
+    cols = rows.column_names
+    select = ", ".join((casts or {}).get(c, c) for c in cols)
+    updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c != key)
+    if extra_set:
+        updates += ", " + extra_set
+    con.register("_ledger_rows", rows)
+    try:
+        con.execute(
+            f"INSERT INTO {table} ({', '.join(cols)}) SELECT {select} FROM _ledger_rows "
+            f"ON CONFLICT ({key}) DO UPDATE SET {updates}"
         )
-    site_rows = [(s["id"], s.get("name"), s.get("latitude"), s.get("longitude"), s.get("timezone")) for s in sites]
-    if site_rows:
-        con.executemany(
-            "INSERT INTO sites VALUES (?, ?, ?, ?, ?) ON CONFLICT (site_id) DO UPDATE SET "
-            "name = excluded.name, latitude = excluded.latitude, longitude = excluded.longitude, "
-            "timezone = excluded.timezone",
-            site_rows,
-        )
-    metric_rows = [(m["name"], m["unit"], m.get("description"), m.get("min"), m.get("max")) for m in metrics]
-    if metric_rows:
-        con.executemany(
-            "INSERT INTO metrics VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
-            "unit = excluded.unit, description = excluded.description, "
-            "min_value = excluded.min_value, max_value = excluded.max_value",
-            metric_rows,
-        )
+    finally:
+        con.unregister("_ledger_rows")
 
 
 def register_unknown_devices(con: duckdb.DuckDBPyConnection, devices: pa.Table) -> int:
