@@ -154,6 +154,16 @@ class BatchBuilder:
         self.ev_code.append(code)
         self.ev_text.append(text)
 
+    def mark(self) -> tuple[int, int]:
+        return len(self.ts), len(self.ev_ts)
+
+    def rollback(self, mark: tuple[int, int]) -> None:
+        r, e = mark
+        for col in (self.ts, self.device, self.metric, self.value, self.quality):
+            del col[r:]
+        for ecol in (self.ev_ts, self.ev_device, self.ev_kind, self.ev_code, self.ev_text):
+            del ecol[e:]
+
     def build(self, limits: MetricLimits | None = None, source: str = "mqtt") -> IngestBatch:
         readings = readings_from_columns(self.ts, self.device, self.metric, self.value, self.quality)
         if limits is not None and readings.num_rows:
@@ -199,24 +209,20 @@ def decode_message(builder: BatchBuilder, topic: str, payload: bytes, info: Topi
     except orjson.JSONDecodeError as exc:
         raise DecodeError("invalid_json", f"payload is not valid JSON: {exc}") from exc
     items = doc if isinstance(doc, list) else [doc]
-    # Decode the whole message first so a bad element rejects the message as a unit.
-    staged = BatchBuilder()
-    for item in items:
-        if not isinstance(item, dict):
-            raise DecodeError("bad_shape", f"expected a JSON object (or an array of them), got {type(item).__name__}")
-        _decode_object(staged, item, info, received_us)
-    if not staged.ts and not staged.ev_ts:
-        raise DecodeError("no_readings", "the message holds no metrics, readings or event code")
-    builder.ts += staged.ts
-    builder.device += staged.device
-    builder.metric += staged.metric
-    builder.value += staged.value
-    builder.quality += staged.quality
-    builder.ev_ts += staged.ev_ts
-    builder.ev_device += staged.ev_device
-    builder.ev_kind += staged.ev_kind
-    builder.ev_code += staged.ev_code
-    builder.ev_text += staged.ev_text
+    # A bad element rejects the message as a unit: remember where it started, cut back on error.
+    mark = builder.mark()
+    try:
+        for item in items:
+            if not isinstance(item, dict):
+                raise DecodeError(
+                    "bad_shape", f"expected a JSON object (or an array of them), got {type(item).__name__}"
+                )
+            _decode_object(builder, item, info, received_us)
+        if builder.mark() == mark:
+            raise DecodeError("no_readings", "the message holds no metrics, readings or event code")
+    except DecodeError:
+        builder.rollback(mark)
+        raise
     if info.device_id not in builder.sites:
         builder.sites[info.device_id] = info.site
 
