@@ -239,3 +239,63 @@ async def test_embedded_amqtt_broker_and_protocol_fallback(tmp_path: Path):
     finally:
         with contextlib.suppress(Exception):
             await broker.stop()
+
+
+async def test_unreachable_broker_is_counted_and_recovered(tmp_path: Path):
+    """No broker yet: the service starts anyway, reports not-ready, retries, and ingests once it appears."""
+    from tests.conftest import free_port
+
+    broker = MosquittoBroker(tmp_path / "mosquitto", port=free_port())
+    cfg = broker_config(tmp_path, broker.port, DeviceConfig(id="TX01", site="s1", kind="box_transformer"))
+    cfg.mqtt.reconnect_min_s = 0.1
+    cfg.mqtt.reconnect_max_s = 0.5
+    service = Service(cfg)
+    await service.start()
+    try:
+        async with httpx.AsyncClient(base_url=service.http_url) as http:
+            await wait_for(lambda: service.collector_stats.connection_failures >= 2, what="failed connection attempts")
+            r = await http.get("/readyz")
+            assert r.status_code == 503 and r.json()["checks"]["mqtt"] is False
+            assert "gridsentry_mqtt_connected 0.0" in (await http.get("/metrics")).text
+            await asyncio.to_thread(broker.start)
+            await wait_for(lambda: service.collector_stats.connected, what="connected after the broker came up")
+            assert service.collector_stats.protocol == "5"  # refused connections did not force MQTT 3.1.1
+            assert service.collector is not None
+            await asyncio.wait_for(service.collector.subscribed.wait(), 10)
+            await asyncio.to_thread(
+                publish_raw, broker.port, [("gridsentry/s1/TX01/telemetry", b'{"metrics": {"top_oil_temp_c": 61.5}}')]
+            )
+            await wait_for(lambda: count(service, "select count(*) from readings") == 1, what="the reading")
+            assert (await http.get("/readyz")).status_code == 200
+    finally:
+        await service.stop()
+        broker.stop()
+
+
+async def test_metrics_pass_promtool(tmp_path: Path, mosquitto: MosquittoBroker):
+    import shutil
+    import subprocess
+
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: `make test` installs it (apt-get install prometheus)"
+    cfg = broker_config(tmp_path, mosquitto.port, DeviceConfig(id="AC01", site="s1", kind="charger_ac"))
+    service = await start_service(cfg)
+    try:
+        publish_raw(
+            mosquitto.port,
+            [
+                ("gridsentry/s1/AC01/telemetry", b'{"metrics": {"power_kw": 6.9}}'),
+                ("gridsentry/s1/AC01/telemetry", b"?"),
+            ],
+        )
+        await wait_for(lambda: service.collector_stats.messages_acked >= 2, what="acks")
+        async with httpx.AsyncClient(base_url=service.http_url) as http:
+            body = (await http.get("/metrics")).text
+        check = await asyncio.to_thread(
+            subprocess.run, [promtool, "check", "metrics"], input=body, capture_output=True, text=True
+        )
+        assert check.returncode == 0 and check.stdout.strip() == "" and check.stderr.strip() == "", (
+            check.stdout + check.stderr
+        )
+    finally:
+        await service.stop()
