@@ -115,9 +115,15 @@ class Service:
         self._stop.set()
         if self._http is not None:
             self._http.should_exit = True
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(t, timeout=10)
+        if self._tasks:
+            done, pending = await asyncio.wait(self._tasks, timeout=15)
+            for t in pending:
+                log.warning("stage %s did not stop within 15 s; cancelling it", t.get_name())
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            for t in done:
+                if not t.cancelled() and t.exception() is not None:
+                    log.error("stage %s had failed: %s", t.get_name(), t.exception())
         await self._drain_rules()
         await asyncio.to_thread(self.writer.close)
         with contextlib.suppress(FileNotFoundError):

@@ -115,7 +115,8 @@ class RuleEngine:
         t0 = datetime.now(UTC)
         frame = readings if isinstance(readings, pl.DataFrame) else pl.from_arrow(readings)
         assert isinstance(frame, pl.DataFrame)
-        if frame.height == 0 or self._bindings.height == 0:
+        bindings = self._bindings  # set_devices may swap it from another thread meanwhile
+        if frame.height == 0 or bindings.height == 0:
             return []
         self.evaluations += 1
         self.readings_evaluated += frame.height
@@ -128,7 +129,7 @@ class RuleEngine:
                 "metric",
                 "value",
             )
-            .join(self._bindings.lazy(), on=["device_id", "metric"], how="inner")
+            .join(bindings.lazy(), on=["device_id", "metric"], how="inner")
             .with_columns(
                 breach=pl.when(pl.col("above"))
                 .then(pl.col("value") > pl.col("threshold"))
