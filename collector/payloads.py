@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import repeat
 from typing import Any
 
 import orjson
@@ -147,6 +148,20 @@ class BatchBuilder:
         else:
             self.add_event(ts, device, "field", metric, str(value)[:500])
 
+    def add_map(self, ts: int, device: str, metrics: dict[str, Any]) -> None:
+        """All metrics of one message. The common case, every value a number, takes no per-reading call."""
+        values = list(metrics.values())
+        if all(type(v) is float or type(v) is int for v in values):  # orjson never yields NaN or Inf
+            n = len(values)
+            self.ts.extend(repeat(ts, n))
+            self.device.extend(repeat(device, n))
+            self.metric.extend(metrics)
+            self.value.extend(values)
+            self.quality.extend(repeat(0, n))
+            return
+        for name, value in metrics.items():
+            self.add_reading(ts, device, name, value)
+
     def add_event(self, ts: int, device: str, kind: str, code: str, text: str | None) -> None:
         self.ev_ts.append(ts)
         self.ev_device.append(device)
@@ -240,8 +255,7 @@ def _decode_object(b: BatchBuilder, obj: dict[str, Any], info: TopicInfo, receiv
         return
     metrics = obj.get("metrics")
     if isinstance(metrics, dict):
-        for name, value in metrics.items():
-            b.add_reading(ts, device, name, value)
+        b.add_map(ts, device, metrics)
         return
     if metrics is not None:
         raise DecodeError("bad_shape", "'metrics' must be an object of name: value")
@@ -256,6 +270,4 @@ def _decode_object(b: BatchBuilder, obj: dict[str, Any], info: TopicInfo, receiv
     if "metric" in obj and "value" in obj:
         b.add_reading(ts, device, str(obj["metric"]), obj["value"])
         return
-    for name, value in obj.items():
-        if name not in RESERVED_KEYS:
-            b.add_reading(ts, device, name, value)
+    b.add_map(ts, device, {k: v for k, v in obj.items() if k not in RESERVED_KEYS})

@@ -193,11 +193,16 @@ async def test_rejecting_unknown_devices_keeps_their_data_in_dead_letters(tmp_pa
         await service.stop()
 
 
-async def test_messages_sent_while_gridsentry_is_down_arrive_after_restart(tmp_path: Path, mosquitto: MosquittoBroker):
-    """The persistent session (MQTT 5, clean_start=False, session expiry) keeps what arrives while we are down."""
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+async def test_messages_sent_while_gridsentry_is_down_arrive_after_restart(
+    tmp_path: Path, mosquitto: MosquittoBroker, protocol: str
+):
+    """The persistent session (3.1.1 clean_session=False; 5 clean_start=False with a session expiry) keeps
+    what arrives while we are down."""
     cfg = broker_config(tmp_path, mosquitto.port, DeviceConfig(id="INV01", site="s1", kind="pv_inverter"))
+    cfg.mqtt.protocol = protocol  # type: ignore[assignment]
     service = await start_service(cfg)
-    assert service.collector_stats.protocol == "5"
+    assert service.collector_stats.protocol == protocol
     await service.stop()
 
     n = 3000  # more than mosquitto's default offline queue of 1000, which the test broker lifts
@@ -225,6 +230,7 @@ async def test_embedded_amqtt_broker_and_protocol_fallback(tmp_path: Path):
     broker = Broker(free_port(), tmp_path, prefer="amqtt")
     await broker.start()
     cfg = broker_config(tmp_path, broker.port, DeviceConfig(id="AC01", site="s1", kind="charger_ac"))
+    cfg.mqtt.protocol = "auto"
     cfg.mqtt.reconnect_min_s = 0.1
     try:
         service = await start_service(cfg)
@@ -249,6 +255,7 @@ async def test_unreachable_broker_is_counted_and_recovered(tmp_path: Path):
     cfg = broker_config(tmp_path, broker.port, DeviceConfig(id="TX01", site="s1", kind="box_transformer"))
     cfg.mqtt.reconnect_min_s = 0.1
     cfg.mqtt.reconnect_max_s = 0.5
+    cfg.mqtt.protocol = "auto"
     service = Service(cfg)
     await service.start()
     try:
