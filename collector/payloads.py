@@ -14,6 +14,7 @@ A string where a number belongs is kept as an event (kind "field"), never droppe
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -87,6 +88,14 @@ class TopicTemplate:
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+_EXACT = 2**53
+
+#: Timestamps outside [1970, 2200) are not clocks that drifted but values misread (a wrong unit, a
+#: counter): they are rejected. Plausible but wrong clocks are stored and flagged by skew checks.
+TS_MIN_US = 0
+TS_MAX_US = 7_258_118_400_000_000  # 2200-01-01T00:00:00Z
+
+
 def parse_ts(raw: Any) -> int:
     """Timestamp to microseconds since the epoch (UTC)."""
     if isinstance(raw, str):
@@ -96,16 +105,27 @@ def parse_ts(raw: Any) -> int:
             raise DecodeError("bad_timestamp", f"timestamp {raw!r} is not ISO-8601") from exc
         if dt.tzinfo is None:
             dt = dt.replace(tzinfo=UTC)
-        delta = dt - _EPOCH
-        return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-    if isinstance(raw, int | float) and not isinstance(raw, bool) and math.isfinite(raw):
+        try:
+            delta = dt - _EPOCH
+        except OverflowError as exc:
+            raise DecodeError("bad_timestamp", f"timestamp {raw!r} is out of range") from exc
+        us = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    elif isinstance(raw, int | float) and not isinstance(raw, bool) and math.isfinite(raw):
         a = abs(raw)
         if a < 1e11:  # seconds (until year 5138)
-            return round(raw * 1_000_000)
-        if a < 1e14:  # milliseconds
-            return round(raw * 1_000)
-        return int(raw)  # microseconds
-    raise DecodeError("bad_timestamp", f"timestamp {raw!r} is neither ISO-8601 text nor an epoch number")
+            us = round(raw * 1_000_000)
+        elif a < 1e14:  # milliseconds
+            us = round(raw * 1_000)
+        else:  # microseconds
+            us = int(raw)
+    else:
+        raise DecodeError("bad_timestamp", f"timestamp {raw!r} is neither ISO-8601 text nor an epoch number")
+    if not TS_MIN_US <= us < TS_MAX_US:
+        raise DecodeError(
+            "bad_timestamp",
+            f"timestamp {raw!r} is outside 1970-2200; epoch numbers must be seconds, milliseconds or microseconds",
+        )
+    return us
 
 
 @dataclass
@@ -125,6 +145,11 @@ class BatchBuilder:
     dead: list[DeadLetter] = field(default_factory=list)
     sites: dict[str, str | None] = field(default_factory=dict)  # device -> site, from topics
     messages: int = 0
+    # De-duplication bookkeeping: one key per decoded message, and each row's message index.
+    keys: list[int | None] = field(default_factory=list)
+    r_msg: list[int] = field(default_factory=list)
+    e_msg: list[int] = field(default_factory=list)
+    current: int = 0
 
     def __len__(self) -> int:
         return self.messages
@@ -134,12 +159,14 @@ class BatchBuilder:
             value = 1.0 if value else 0.0
         if isinstance(value, int | float):
             v = float(value)
+            self.r_msg.append(self.current)
             self.ts.append(ts)
             self.device.append(device)
             self.metric.append(metric)
             self.value.append(v)
             self.quality.append(Quality.GOOD if math.isfinite(v) else Quality.SUSPECT)
         elif value is None:
+            self.r_msg.append(self.current)
             self.ts.append(ts)
             self.device.append(device)
             self.metric.append(metric)
@@ -151,8 +178,10 @@ class BatchBuilder:
     def add_map(self, ts: int, device: str, metrics: dict[str, Any]) -> None:
         """All metrics of one message. The common case, every value a number, takes no per-reading call."""
         values = list(metrics.values())
-        if all(type(v) is float or type(v) is int for v in values):  # orjson never yields NaN or Inf
+        # orjson never yields NaN or Inf; integers beyond 2**53 go the slow way (Arrow refuses them as doubles).
+        if all(type(v) is float or (type(v) is int and -_EXACT <= v <= _EXACT) for v in values):
             n = len(values)
+            self.r_msg.extend(repeat(self.current, n))
             self.ts.extend(repeat(ts, n))
             self.device.extend(repeat(device, n))
             self.metric.extend(metrics)
@@ -163,6 +192,7 @@ class BatchBuilder:
             self.add_reading(ts, device, name, value)
 
     def add_event(self, ts: int, device: str, kind: str, code: str, text: str | None) -> None:
+        self.e_msg.append(self.current)
         self.ev_ts.append(ts)
         self.ev_device.append(device)
         self.ev_kind.append(kind)
@@ -174,9 +204,9 @@ class BatchBuilder:
 
     def rollback(self, mark: tuple[int, int]) -> None:
         r, e = mark
-        for col in (self.ts, self.device, self.metric, self.value, self.quality):
+        for col in (self.ts, self.device, self.metric, self.value, self.quality, self.r_msg):
             del col[r:]
-        for ecol in (self.ev_ts, self.ev_device, self.ev_kind, self.ev_code, self.ev_text):
+        for ecol in (self.ev_ts, self.ev_device, self.ev_kind, self.ev_code, self.ev_text, self.e_msg):
             del ecol[e:]
 
     def build(self, limits: MetricLimits | None = None, source: str = "mqtt") -> IngestBatch:
@@ -188,6 +218,9 @@ class BatchBuilder:
             events=events_from_columns(self.ev_ts, self.ev_device, self.ev_kind, self.ev_code, self.ev_text),
             dead_letters=dead_letters_table(self.dead),
             source=source,
+            message_keys=pa.array(self.keys, type=pa.uint64()),
+            reading_message=pa.array(self.r_msg, type=pa.int32()),
+            event_message=pa.array(self.e_msg, type=pa.int32()),
         )
 
 
@@ -226,24 +259,37 @@ def decode_message(builder: BatchBuilder, topic: str, payload: bytes, info: Topi
     items = doc if isinstance(doc, list) else [doc]
     # A bad element rejects the message as a unit: remember where it started, cut back on error.
     mark = builder.mark()
+    builder.current = len(builder.keys)
+    identified = True
     try:
         for item in items:
             if not isinstance(item, dict):
                 raise DecodeError(
                     "bad_shape", f"expected a JSON object (or an array of them), got {type(item).__name__}"
                 )
-            _decode_object(builder, item, info, received_us)
+            identified &= _decode_object(builder, item, info, received_us)
         if builder.mark() == mark:
             raise DecodeError("no_readings", "the message holds no metrics, readings or event code")
     except DecodeError:
         builder.rollback(mark)
         raise
+    builder.keys.append(message_key(topic, payload) if identified else None)
     if info.device_id not in builder.sites:
         builder.sites[info.device_id] = info.site
 
 
-def _decode_object(b: BatchBuilder, obj: dict[str, Any], info: TopicInfo, received_us: int) -> None:
+def message_key(topic: str, payload: bytes) -> int:
+    """64-bit identity of a message: a broker's redelivery has the same topic and payload."""
+    h = hashlib.blake2b(payload, digest_size=8, person=b"gridsentry")
+    h.update(topic.encode())
+    return int.from_bytes(h.digest(), "little")
+
+
+def _decode_object(b: BatchBuilder, obj: dict[str, Any], info: TopicInfo, received_us: int) -> bool:
+    """Decode one object; True if it carries its own identity (a timestamp or sequence number), so a
+    repeat of it is a redelivery, not a new reading that happens to look the same."""
     raw_ts = obj.get("ts", obj.get("timestamp", obj.get("time")))
+    identified = raw_ts is not None or obj.get("seq") is not None
     ts = parse_ts(raw_ts) if raw_ts is not None else received_us
     device = info.device_id
     if info.channel == "events" or ("code" in obj and "metrics" not in obj and "value" not in obj):
@@ -252,22 +298,24 @@ def _decode_object(b: BatchBuilder, obj: dict[str, Any], info: TopicInfo, receiv
             raise DecodeError("bad_event", "an event needs a 'code' (e.g. Charging, Faulted, HighTemperature)")
         text = obj.get("text")
         b.add_event(ts, device, str(obj.get("kind", "status")), str(code), None if text is None else str(text))
-        return
+        return identified
     metrics = obj.get("metrics")
     if isinstance(metrics, dict):
         b.add_map(ts, device, metrics)
-        return
+        return identified
     if metrics is not None:
         raise DecodeError("bad_shape", "'metrics' must be an object of name: value")
     readings = obj.get("readings")
     if isinstance(readings, list):
+        identified = identified or all(isinstance(r, dict) and r.get("ts") is not None for r in readings)
         for r in readings:
             if not isinstance(r, dict) or "metric" not in r or "value" not in r:
                 raise DecodeError("bad_shape", "each entry of 'readings' needs 'metric' and 'value'")
             r_ts = r.get("ts")
             b.add_reading(parse_ts(r_ts) if r_ts is not None else ts, device, str(r["metric"]), r["value"])
-        return
+        return identified
     if "metric" in obj and "value" in obj:
         b.add_reading(ts, device, str(obj["metric"]), obj["value"])
-        return
+        return identified
     b.add_map(ts, device, {k: v for k, v in obj.items() if k not in RESERVED_KEYS})
+    return identified

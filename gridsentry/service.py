@@ -20,7 +20,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -36,7 +35,7 @@ from rules.engine import DeviceInfo, RuleEngine
 from rules.loader import LoadedRules, builtin_pack_files, load_packs
 from storage.batch import DeadLetter, IngestBatch, dead_letters_table
 from storage.ledger import register_unknown_devices, sync_ledger
-from storage.writer import CommitResult, StorageWriter, append_batch
+from storage.writer import CommitResult, StorageWriter
 
 log = logging.getLogger("gridsentry")
 
@@ -72,6 +71,7 @@ class Service:
         self.events_committed = 0
         self.dead_letters_committed = 0
         self.unknown_devices_seen = 0
+        self.duplicates_dropped = 0
         self.rule_errors = 0
         self.http_url: str | None = None
         self._rules_queue: asyncio.Queue[pa.Table] = asyncio.Queue(maxsize=1000)
@@ -140,16 +140,10 @@ class Service:
     async def store(self, batch: IngestBatch) -> CommitResult:
         """The collector's sink: one transaction per flush. Returns after COMMIT."""
         batch, new_devices = self._screen_devices(batch)
-        if new_devices is not None:
-
-            def register_and_append(con: duckdb.DuckDBPyConnection) -> CommitResult:
-                register_unknown_devices(con, new_devices)
-                return append_batch(con, batch)
-
-            result = await self.writer.run(register_and_append)
-        else:
-            result = await self.writer.append(batch)
-        self._after_commit(batch)
+        before = None if new_devices is None else (lambda con: register_unknown_devices(con, new_devices))
+        result = await self.writer.append(batch, before)
+        self.duplicates_dropped += result.duplicates
+        self._after_commit(batch, result)
         return result
 
     def _screen_devices(self, batch: IngestBatch) -> tuple[IngestBatch, pa.Table | None]:
@@ -198,18 +192,14 @@ class Service:
                     orjson.dumps(rows.slice(0, 200).to_pylist(), default=str),
                 )
             )
-        dead = pa.concat_tables([batch.dead_letters, dead_letters_table(letters)])
-        return IngestBatch(
-            readings=batch.readings.filter(pc.invert(bad_r)),
-            events=batch.events.filter(pc.invert(bad_e)),
-            dead_letters=dead,
-            source=batch.source,
-        )
+        kept = batch.filter_rows(pc.invert(bad_r), pc.invert(bad_e))
+        kept.dead_letters = pa.concat_tables([batch.dead_letters, dead_letters_table(letters)])
+        return kept
 
-    def _after_commit(self, batch: IngestBatch) -> None:
-        self.readings_committed[batch.source] += batch.reading_count
-        self.events_committed += batch.event_count
-        self.dead_letters_committed += batch.dead_letter_count
+    def _after_commit(self, batch: IngestBatch, result: CommitResult) -> None:
+        self.readings_committed[batch.source] += result.readings
+        self.events_committed += result.events
+        self.dead_letters_committed += result.dead_letters
         if batch.reading_count:
             grouped = batch.readings.group_by("device_id").aggregate([("ts", "max")])
             for dev, ts in zip(grouped["device_id"].to_pylist(), grouped["ts_max"].to_pylist(), strict=True):

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from enum import IntEnum
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 
 class Quality(IntEnum):
@@ -152,6 +153,11 @@ class IngestBatch:
     events: pa.Table = field(default_factory=empty_events)
     dead_letters: pa.Table = field(default_factory=empty_dead_letters)
     source: str = "mqtt"
+    #: De-duplication: a 64-bit key per source message (null where the message cannot be told apart
+    #: from a new one), and for each reading and event the index of its message in `message_keys`.
+    message_keys: pa.Array | None = None
+    reading_message: pa.Array | None = None
+    event_message: pa.Array | None = None
 
     @property
     def reading_count(self) -> int:
@@ -164,6 +170,28 @@ class IngestBatch:
     @property
     def dead_letter_count(self) -> int:
         return int(self.dead_letters.num_rows)
+
+    def without_messages(self, drop: Sequence[int]) -> IngestBatch:
+        """The same batch minus the readings and events of the given message indices."""
+        if not drop or self.message_keys is None:
+            return self
+        gone = pa.array(drop, type=pa.int32())
+        return self.filter_rows(
+            pc.invert(pc.is_in(self.reading_message, value_set=gone)),
+            pc.invert(pc.is_in(self.event_message, value_set=gone)),
+        )
+
+    def filter_rows(self, keep_readings: pa.Array, keep_events: pa.Array) -> IngestBatch:
+        """Keep the readings and events where the masks are true (message bookkeeping follows)."""
+        return IngestBatch(
+            readings=self.readings.filter(keep_readings),
+            events=self.events.filter(keep_events),
+            dead_letters=self.dead_letters,
+            source=self.source,
+            message_keys=self.message_keys,
+            reading_message=None if self.reading_message is None else pc.filter(self.reading_message, keep_readings),
+            event_message=None if self.event_message is None else pc.filter(self.event_message, keep_events),
+        )
 
     def is_empty(self) -> bool:
         return self.reading_count == 0 and self.event_count == 0 and self.dead_letter_count == 0

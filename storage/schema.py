@@ -137,9 +137,8 @@ MIGRATIONS: tuple[Migration, ...] = (
             detail  VARCHAR,
             payload BLOB
         );
-        CREATE TABLE ingest_state (
-            source   VARCHAR NOT NULL,
-            key      VARCHAR NOT NULL,
+        CREATE TABLE ingest_state (           -- keys of recently committed messages (de-duplication window)
+            key      UBIGINT NOT NULL,
             seen_at  TIMESTAMPTZ NOT NULL
         );
         """,

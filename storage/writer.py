@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import duckdb
 
 from storage.batch import IngestBatch
+from storage.dedupe import DedupeWindow
 from storage.schema import migrate
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ class CommitResult:
     events: int
     dead_letters: int
     seconds: float
+    duplicates: int = 0  # redelivered messages dropped by the de-duplication window
 
 
 class WriterClosedError(RuntimeError):
@@ -64,7 +66,9 @@ def open_database(path: Path, *, memory_limit: str = "2GB", threads: int = 2) ->
 class StorageWriter:
     """Owns the database connection. Start it, submit jobs, close it."""
 
-    def __init__(self, path: Path, *, memory_limit: str = "2GB", threads: int = 2) -> None:
+    def __init__(
+        self, path: Path, *, memory_limit: str = "2GB", threads: int = 2, dedupe_window: int = 200_000
+    ) -> None:
         self.path = path
         self._memory_limit = memory_limit
         self._threads = threads
@@ -80,6 +84,8 @@ class StorageWriter:
         self.last_commit_seconds = 0.0
         self.readings_committed = 0
         self.on_commit: Callable[[CommitResult], None] | None = None
+        self.dedupe = DedupeWindow(dedupe_window)
+        self._after_commit: list[Callable[[], None]] = []
 
     # --- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -123,12 +129,22 @@ class StorageWriter:
     async def run(self, job: WriteJob[T]) -> T:
         return await asyncio.wrap_future(self.submit(job))
 
-    async def append(self, batch: IngestBatch) -> CommitResult:
-        """Store one ingest batch in one transaction; returns after COMMIT."""
-        return await self.run(lambda con: append_batch(con, batch))
+    async def append(self, batch: IngestBatch, before: WriteJob[Any] | None = None) -> CommitResult:
+        """Store one ingest batch in one transaction (after `before(con)`, if given); returns after COMMIT."""
+        return await self.run(lambda con: self._append(con, batch, before))
 
     def append_sync(self, batch: IngestBatch) -> CommitResult:
-        return self.submit(lambda con: append_batch(con, batch)).result()
+        return self.submit(lambda con: self._append(con, batch, None)).result()
+
+    def _append(self, con: duckdb.DuckDBPyConnection, batch: IngestBatch, before: WriteJob[Any] | None) -> CommitResult:
+        if before is not None:
+            before(con)
+        fresh_batch, keys = self.dedupe.filter(batch)
+        result = append_batch(con, fresh_batch)
+        ts = self.dedupe.record(con, keys)
+        self._after_commit.append(lambda: self.dedupe.committed(ts, keys))
+        dropped = batch.reading_count - fresh_batch.reading_count
+        return CommitResult(result.readings, result.events, result.dead_letters, 0.0, dropped)
 
     # --- the thread ------------------------------------------------------------------------
     def _run(self) -> None:
@@ -138,6 +154,10 @@ class StorageWriter:
             self._start_error = exc
             self._started.set()
             return
+        try:
+            self.dedupe.load(self._con)
+        except duckdb.Error as exc:
+            log.error("could not reload the de-duplication window (redeliveries may be stored twice): %s", exc)
         self._started.set()
         con = self._con
         while True:
@@ -153,6 +173,7 @@ class StorageWriter:
                 result = job(con)
                 con.execute("COMMIT")
             except BaseException as exc:
+                self._after_commit.clear()
                 self.commit_failures += 1
                 # A failed COMMIT has already ended the transaction; ROLLBACK then fails harmlessly.
                 with contextlib.suppress(duckdb.Error):
@@ -160,11 +181,14 @@ class StorageWriter:
                 log.error("database write failed and was rolled back: %s", exc)
                 fut.set_exception(exc)
                 continue
+            for hook in self._after_commit:
+                hook()
+            self._after_commit.clear()
             dt = time.perf_counter() - t0
             self.commits += 1
             self.last_commit_seconds = dt
             if isinstance(result, CommitResult):
-                result = CommitResult(result.readings, result.events, result.dead_letters, dt)
+                result = CommitResult(result.readings, result.events, result.dead_letters, dt, result.duplicates)
                 self.readings_committed += result.readings
                 if self.on_commit is not None:
                     self.on_commit(result)

@@ -172,8 +172,9 @@ async def test_bad_input_is_dead_lettered_counted_and_survived(tmp_path: Path, m
             "auto",
         )
         assert con.execute("select quality from readings where value = 900").fetchone() == (2,)  # OUT_OF_RANGE
-        # The service is still running and still ingesting.
-        publish_raw(mosquitto.port, [("gridsentry/s1/DC01/telemetry", good)])
+        # The service is still running and still ingesting (a new reading: the same one again would be a
+        # redelivery, and is dropped by the de-duplication window).
+        publish_raw(mosquitto.port, [("gridsentry/s1/DC01/telemetry", good.replace(b"08:00:00", b"08:00:10"))])
         await wait_for(lambda: count(service, "select count(*) from readings") == 7, what="ingest after bad input")
     finally:
         await service.stop()

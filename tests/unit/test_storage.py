@@ -2,6 +2,7 @@ import asyncio
 from datetime import UTC, datetime
 
 import duckdb
+import pyarrow as pa
 import pytest
 
 from alerts.lifecycle import AlertLifecycle, AlertStateError
@@ -152,3 +153,60 @@ def test_sql_guard(writer):
     with pytest.raises(QueryTimeoutError):
         run_read_query(con, "select count(*) from range(100000000) a, range(100000) b", timeout_s=0.5)
     assert con.execute("select count(*) from readings").fetchone() == (1,)
+
+
+def keyed_batch(keys, start=0):
+    """One message per key, two readings each."""
+    n = len(keys)
+    return IngestBatch(
+        readings=readings_from_columns(
+            [T0 + start + i for i in range(n) for _ in (0, 1)],
+            ["A"] * (2 * n),
+            ["m1", "m2"] * n,
+            [float(i) for i in range(2 * n)],
+        ),
+        message_keys=pa.array(keys, pa.uint64()),
+        reading_message=pa.array([i for i in range(n) for _ in (0, 1)], pa.int32()),
+        event_message=pa.array([], pa.int32()),
+    )
+
+
+def test_redelivered_messages_are_dropped_across_restart(tmp_path):
+    path = tmp_path / "gs.duckdb"
+    w = StorageWriter(path)
+    w.start()
+    assert w.append_sync(keyed_batch([1, 2, 3])).readings == 6
+    r = w.append_sync(keyed_batch([3, 4, 4, None, None]))  # 3 again, 4 twice in one batch, two unkeyed
+    assert (r.readings, r.duplicates) == (6, 4)
+    w.close()
+    w = StorageWriter(path)  # after a restart the window is reloaded from ingest_state
+    w.start()
+    r = w.append_sync(keyed_batch([1, 4, 5]))
+    assert (r.readings, r.duplicates) == (2, 4)
+    assert w.reader().execute("select count(*) from readings").fetchone() == (14,)
+    w.close()
+
+
+def test_rolled_back_batch_does_not_poison_the_window(tmp_path):
+    w = StorageWriter(tmp_path / "gs.duckdb")
+    w.start()
+    batch = keyed_batch([7])
+
+    def fail_after_append(con):
+        w._append(con, batch, None)
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        w.submit(fail_after_append).result()
+    assert w.append_sync(batch).readings == 2  # the retry is stored, not dropped as a duplicate
+    w.close()
+
+
+def test_window_is_bounded(tmp_path):
+    w = StorageWriter(tmp_path / "gs.duckdb", dedupe_window=10)
+    w.start()
+    for k in range(0, 40, 4):
+        w.append_sync(keyed_batch([k, k + 1, k + 2, k + 3]))
+    assert len(w.dedupe) <= 12
+    assert w.append_sync(keyed_batch([0])).readings == 2  # long gone from the window
+    w.close()
