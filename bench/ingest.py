@@ -24,18 +24,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import cProfile
 import json
 import logging
 import math
-import os
-import platform
 import random
-import resource
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -43,7 +37,6 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +45,27 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
+
+from _common import (  # noqa: E402  (bench/ is on sys.path when a bench runs as a script)
+    MOSQUITTO_PUB_LIMIT,
+    Broker,
+    HarnessError,
+    Meter,
+    PubJob,
+    add_collector_args,
+    apply_collector_args,
+    current_rss_mb,
+    fmt_rate,
+    iso_us,
+    machine,
+    peak_rss_mb,
+    print_table,
+    publish_all,
+    reset_peak_rss,
+    tool,
+    versions,
+    wait_until,
+)
 
 from gridsentry.config import Config, DeviceConfig  # noqa: E402
 from gridsentry.service import Service  # noqa: E402
@@ -62,8 +76,6 @@ log = logging.getLogger("bench.ingest")
 TOPIC_FILTER = "gridsentry/+/+/telemetry"
 SITE = "bench"
 REFERENCE_READINGS_PER_S = 250_000  # shared/performance.md, "excellent" reference for batched input
-MOSQUITTO_PUB_LIMIT = 60_000  # `mosquitto_pub -l` at QoS >= 1 quits after 65,535 messages (mid wrap)
-HZ = os.sysconf("SC_CLK_TCK")
 
 #: Catalogue metrics of a DC charger; the first three are watched by the built-in charger_dc rules.
 REAL_METRICS: list[tuple[str, float, float]] = [
@@ -85,13 +97,6 @@ HOT_TEMP_C = 85.0  # above the 80 °C warning, below the 90 °C critical thresho
 
 
 # --- workload --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class PubJob:
-    topic: str
-    file: Path
-    count: int
-
-
 @dataclass
 class Workload:
     messages: int
@@ -100,6 +105,7 @@ class Workload:
     hot_devices: list[str]
     jobs: list[PubJob]
     payload_bytes: int
+    kind: str = "charger_dc"  # the kind the devices are pre-registered as
 
     @property
     def readings(self) -> int:
@@ -110,10 +116,6 @@ def metric_plan(r: int) -> list[tuple[str, float, float]]:
     plan = REAL_METRICS[:r]
     plan += [(f"aux_{i:02d}", 0.0, 100.0) for i in range(r - len(plan))]
     return plan
-
-
-def _iso(dt: datetime) -> str:
-    return f"{dt:%Y-%m-%dT%H:%M:%S}.{dt.microsecond:06d}+00:00"
 
 
 def generate(out: Path, n: int, r: int, d: int, hot: int, interval_s: float, seed: int) -> Workload:
@@ -143,7 +145,7 @@ def generate(out: Path, n: int, r: int, d: int, hot: int, interval_s: float, see
                     metrics = {name: round(rng.uniform(lo, hi), 2) for name, lo, hi in plan}
                     if is_hot and "gun1_temp_c" in metrics:
                         metrics["gun1_temp_c"] = round(HOT_TEMP_C + rng.uniform(0, 2), 2)
-                    line = orjson.dumps({"ts": _iso(ts), "seq": k, "metrics": metrics})
+                    line = orjson.dumps({"ts": iso_us(ts), "seq": k, "metrics": metrics})
                     assert b"\n" not in line
                     f.write(line + b"\n")
                     total_bytes += len(line)
@@ -151,195 +153,6 @@ def generate(out: Path, n: int, r: int, d: int, hot: int, interval_s: float, see
             start += chunk
     # Interleave devices: job order d0 d1 d2 ... so parallel publishers mix device streams.
     return Workload(n, r, devices, hot_devices, jobs, total_bytes // max(n, 1))
-
-
-# --- broker ----------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Broker:
-    """A private mosquitto on loopback. One fresh broker per measurement: no session leaks between them."""
-
-    def __init__(self, workdir: Path, inflight: int) -> None:
-        self.workdir = workdir
-        self.inflight = inflight
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        conf = self.workdir / "mosquitto.conf"
-        conf.write_text(
-            "\n".join(
-                [
-                    f"listener {self.port} 127.0.0.1",
-                    "allow_anonymous true",
-                    "persistence false",
-                    f"max_inflight_messages {self.inflight}",
-                    "max_queued_messages 0",
-                    "max_queued_bytes 0",
-                    "log_dest stderr",
-                    f"log_type {os.environ.get('BENCH_MOSQUITTO_LOG', 'error')}",
-                    "",
-                ]
-            )
-        )
-        self.log = self.workdir / "mosquitto.log"
-        with self.log.open("wb") as log_file:  # a file, not a pipe: a full pipe would stall the broker
-            self.proc = subprocess.Popen([mosquitto_bin(), "-c", str(conf)], stderr=log_file)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise HarnessError(f"mosquitto exited at start: {self.log.read_text().strip()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.02)
-        raise HarnessError(f"mosquitto did not listen on port {self.port}")
-
-    def cpu_s(self) -> float:
-        return pid_cpu_s(self.proc.pid) if self.proc is not None else 0.0
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-class HarnessError(RuntimeError):
-    """The benchmark itself could not run (a tool is missing, a publisher failed...)."""
-
-
-def mosquitto_bin() -> str:
-    for cand in ("mosquitto", "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"):
-        found = shutil.which(cand)
-        if found:
-            return found
-    raise HarnessError("mosquitto is not installed (apt-get install mosquitto mosquitto-clients)")
-
-
-def tool(name: str) -> str:
-    found = shutil.which(name)
-    if not found:
-        raise HarnessError(f"{name} is not installed (apt-get install mosquitto-clients)")
-    return found
-
-
-# --- CPU and memory accounting ---------------------------------------------------------------------------
-def pid_cpu_s(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / HZ
-
-
-def machine_busy_s() -> float:
-    """CPU seconds the whole machine spent busy (user+nice+system+irq+softirq), from /proc/stat."""
-    try:
-        f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    except OSError:
-        return 0.0
-    user, nice, system, _idle, _iowait, irq, softirq = f[:7]
-    return (user + nice + system + irq + softirq) / HZ
-
-
-def _rusage_s(who: int) -> float:
-    r = resource.getrusage(who)
-    return r.ru_utime + r.ru_stime
-
-
-def reset_peak_rss() -> None:
-    with contextlib.suppress(OSError):  # "5" resets VmHWM (Linux >= 4.0)
-        Path("/proc/self/clear_refs").write_text("5")
-
-
-def _status_mb(key: str) -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def current_rss_mb() -> float:
-    return _status_mb("VmRSS:") or 0.0
-
-
-def peak_rss_mb() -> float:
-    peak = _status_mb("VmHWM:")
-    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-@dataclass
-class Meter:
-    """CPU used during a measurement: this process, its waited children, the broker, everyone else."""
-
-    broker: Broker
-    wall: float = 0.0
-    own: float = 0.0
-    children: float = 0.0
-    broker_s: float = 0.0
-    foreign_cores: float | None = None
-    _t: float = 0.0
-    _own: float = 0.0
-    _ch: float = 0.0
-    _br: float = 0.0
-    _busy: float = 0.0
-
-    def start(self) -> Meter:
-        self._t = time.perf_counter()
-        self._own = _rusage_s(resource.RUSAGE_SELF)
-        self._ch = _rusage_s(resource.RUSAGE_CHILDREN)
-        self._br = self.broker.cpu_s()
-        self._busy = machine_busy_s()
-        return self
-
-    def stop(self) -> Meter:
-        self.wall = time.perf_counter() - self._t
-        self.own = _rusage_s(resource.RUSAGE_SELF) - self._own
-        self.children = _rusage_s(resource.RUSAGE_CHILDREN) - self._ch
-        self.broker_s = self.broker.cpu_s() - self._br
-        busy = machine_busy_s() - self._busy
-        if busy > 0 and self.wall > 0:
-            self.foreign_cores = max(0.0, (busy - self.own - self.children - self.broker_s) / self.wall)
-        return self
-
-
-# --- publishing ------------------------------------------------------------------------------------------
-async def publish_all(port: int, jobs: list[PubJob], parallel: int, tag: str) -> float:
-    """Publish every job with `mosquitto_pub -l -q 1`, `parallel` processes at a time. Returns seconds."""
-    pub = tool("mosquitto_pub")
-    sem = asyncio.Semaphore(parallel)
-    t0 = time.perf_counter()
-
-    async def one(i: int, job: PubJob) -> None:
-        async with sem:
-            with job.file.open("rb") as f:
-                proc = await asyncio.create_subprocess_exec(
-                    pub,
-                    *("-h", "127.0.0.1", "-p", str(port), "-q", "1", "-M", "1000", "-l"),
-                    *("-t", job.topic, "-i", f"bench-pub-{tag}-{i}"),
-                    stdin=f,
-                    stdout=asyncio.subprocess.DEVNULL,
-                    stderr=asyncio.subprocess.PIPE,
-                )
-                _, err = await proc.communicate()
-            if proc.returncode != 0:
-                raise HarnessError(f"mosquitto_pub for {job.topic} failed ({proc.returncode}): {err.decode().strip()}")
-
-    await asyncio.gather(*(one(i, j) for i, j in enumerate(jobs)))
-    return time.perf_counter() - t0
 
 
 # --- baseline: mosquitto_sub -----------------------------------------------------------------------------
@@ -432,12 +245,10 @@ def make_config(data_dir: Path, port: int, wl: Workload, args: argparse.Namespac
     cfg = Config(data_dir=data_dir, log_level="WARNING")
     cfg.mqtt.port = port
     cfg.mqtt.client_id = "bench-collector"
-    cfg.mqtt.flush_max_messages = args.flush_max_messages
-    cfg.mqtt.flush_interval_ms = args.flush_interval_ms
-    cfg.mqtt.flush_idle_ms = args.flush_idle_ms
-    cfg.mqtt.protocol = args.protocol
+    apply_collector_args(cfg, args)
     cfg.http.port = 0
-    cfg.devices = [DeviceConfig(id=d, site=SITE, kind="charger_dc", rated_kw=120) for d in wl.devices]
+    rated = {"charger_dc": 120, "charger_ac": 7.4}.get(wl.kind)
+    cfg.devices = [DeviceConfig(id=d, site=SITE, kind=wl.kind, rated_kw=rated) for d in wl.devices]
     return cfg
 
 
@@ -463,15 +274,6 @@ class Scraper(threading.Thread):
             except OSError:
                 self.failures += 1
             self.max_seconds = max(self.max_seconds, time.perf_counter() - t0)
-
-
-async def _wait_until(pred: Any, timeout: float, step: float = 0.005) -> bool:
-    deadline = time.perf_counter() + timeout
-    while not pred():
-        if time.perf_counter() > deadline:
-            return False
-        await asyncio.sleep(step)
-    return True
 
 
 async def gridsentry(
@@ -531,13 +333,13 @@ async def gridsentry(
                 t_first = time.perf_counter()
             return svc.readings_committed["mqtt"] >= target
 
-        done = await _wait_until(committed, args.timeout)
+        done = await wait_until(committed, args.timeout)
         t_commit = time.perf_counter()
         res.seconds = t_commit - t0
         if t_first is not None:
             res.steady_seconds = t_commit - t_first
         # Rules evaluate committed batches on their own tick: wait for them to catch up (reported apart).
-        await _wait_until(lambda: svc.engine.readings_evaluated >= svc.readings_committed["mqtt"], 30)
+        await wait_until(lambda: svc.engine.readings_evaluated >= svc.readings_committed["mqtt"], 30)
         t_rules = time.perf_counter()
         if profiler is not None:
             profiler.disable()
@@ -601,37 +403,6 @@ async def gridsentry(
 
 
 # --- report ----------------------------------------------------------------------------------------------
-def versions() -> dict[str, str]:
-    out: dict[str, str] = {"python": platform.python_version()}
-    for pkg in ("duckdb", "aiomqtt", "paho-mqtt", "polars", "pyarrow", "orjson", "uvicorn", "prometheus-client"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            out[pkg] = metadata.version(pkg)
-    try:
-        head = subprocess.run([mosquitto_bin(), "-h"], capture_output=True, text=True, timeout=5).stdout
-        out["mosquitto"] = head.splitlines()[0].split("version", 1)[1].strip()
-    except (HarnessError, IndexError, OSError, subprocess.SubprocessError):
-        out["mosquitto"] = "?"
-    return out
-
-
-def machine() -> dict[str, Any]:
-    model = "?"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {"nproc": os.cpu_count(), "cpu_model": model, "kernel": platform.release()}
-
-
-def _fmt_rate(x: float | None) -> str:
-    return "-" if x is None else f"{x:,.0f}"
-
-
-def _ratio(a: float, b: float) -> str:
-    return f"{a / b:.2f}" if b > 0 else "-"
-
-
 def summarize(mode: str, gs: Result, sub: Result, r: int) -> dict[str, Any]:
     gs_rps = gs.msgs_per_s * r
     sub_rps = sub.msgs_per_s * r
@@ -697,11 +468,11 @@ def print_report(wl: Workload, rows: list[dict[str, Any]], runs: list[Result], i
         table.append(
             (
                 row["mode"],
-                _fmt_rate(row["gridsentry_readings_per_s"]),
-                _fmt_rate(row["gridsentry_messages_per_s"]),
-                _fmt_rate(row["gridsentry_steady_readings_per_s"]),
-                _fmt_rate(row["mosquitto_sub_messages_per_s"]),
-                _fmt_rate(row["mosquitto_sub_readings_per_s"]),
+                fmt_rate(row["gridsentry_readings_per_s"]),
+                fmt_rate(row["gridsentry_messages_per_s"]),
+                fmt_rate(row["gridsentry_steady_readings_per_s"]),
+                fmt_rate(row["mosquitto_sub_messages_per_s"]),
+                fmt_rate(row["mosquitto_sub_readings_per_s"]),
                 "-" if row["ratio_to_mosquitto_sub"] is None else f"{row['ratio_to_mosquitto_sub']:.3f}",
                 f"{row['ratio_to_reference']:.2f}",
                 f"{row['gridsentry_cpu_s']:.1f} ({row['gridsentry_cores']})",
@@ -710,13 +481,7 @@ def print_report(wl: Workload, rows: list[dict[str, Any]], runs: list[Result], i
                 "PASS" if row["no_loss"] else "FAIL",
             )
         )
-    widths = [max(len(str(t[i])) for t in table) for i in range(len(head))]
-    for i, t in enumerate(table):
-        print(
-            "  ".join(str(c).rjust(w) if j else str(c).ljust(w) for j, (c, w) in enumerate(zip(t, widths, strict=True)))
-        )
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+    print_table(head, table[1:])
     print()
     for res in runs:
         steady = f"{res.messages_received / res.steady_seconds * r:,.0f}" if res.steady_seconds else "-"
@@ -777,20 +542,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=64,
         help="mosquitto_pub processes at a time (default 64; each idles ~0.2 s around its connect and exit)",
     )
-    p.add_argument(
-        "--broker-inflight",
-        type=int,
-        default=1000,
-        help="broker max_inflight_messages (default 1000; mosquitto's is 20)",
-    )
-    p.add_argument(
-        "--protocol", choices=["auto", "5", "3.1.1"], default="auto", help="collector MQTT protocol (default auto = 5)"
-    )
-    p.add_argument("--flush-max-messages", type=int, default=2000, help="collector flush_max_messages (default 2000)")
-    p.add_argument("--flush-interval-ms", type=int, default=100, help="collector flush_interval_ms (default 100)")
-    p.add_argument("--flush-idle-ms", type=int, default=20, help="collector flush_idle_ms (default 20)")
-    p.add_argument("--scrape-interval", type=float, default=1.0, help="GET /metrics every S seconds (0: never)")
-    p.add_argument("--timeout", type=float, default=120.0, help="give up on a measurement after S seconds")
+    add_collector_args(p, protocol_default="auto", scrape_default=1.0)
     p.add_argument("--seed", type=int, default=1, help="random seed of the generated values")
     p.add_argument("--json", type=Path, help="write every figure to this JSON file")
     p.add_argument(

@@ -30,12 +30,14 @@ from paho.mqtt.properties import Properties
 
 from collector.payloads import (
     BatchBuilder,
+    ClockCheck,
     DecodeError,
     MetricLimits,
     TopicInfo,
     TopicTemplate,
     decode_message,
 )
+from collector.sequence import SequenceTracker
 from collector.settings import MqttConfig
 from storage.batch import DeadLetter, IngestBatch
 
@@ -64,6 +66,8 @@ class CollectorStats:
     pending: int = 0
     protocol: str = ""
     last_message_at: float = 0.0
+    stalls: int = 0
+    duplicates: int = 0
 
 
 class TopicRouter:
@@ -76,6 +80,10 @@ class TopicRouter:
             if info is not None:
                 return info
         return None
+
+
+class StallDetectedError(aiomqtt.MqttError):
+    """The connection is up but delivers nothing while data is due: reconnect to release held messages."""
 
 
 class _Flush:
@@ -108,6 +116,11 @@ class MqttCollector:
         }[cfg.protocol]
         self._reject_logged: Counter[str] = Counter()
         self.subscribed = asyncio.Event()
+        self.sequences = SequenceTracker(cfg.sequence_gap_grace_s)
+        self._clock = ClockCheck(cfg.max_future_skew_s, cfg.stale_after_s)
+        #: How often each device should report (from the ledger); a device absent here counts as 10 s.
+        self.device_intervals: dict[str, float] = {}
+        self._device_seen: dict[str, float] = {}  # monotonic time of the newest committed message per device
         self._protocol_settled = False
 
     # --- connection loop -------------------------------------------------------------------
@@ -275,9 +288,13 @@ class MqttCollector:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(state.signals.wake.wait(), tick)
             state.signals.wake.clear()
+            now = time.monotonic()
+            if now >= state.next_health_check:
+                state.next_health_check = now + 0.25
+                await self._report_gaps(now)
+                self._check_stall(state, now)
             if not state.unacked:
                 continue
-            now = time.monotonic()
             if (
                 len(state.unacked) >= self.cfg.flush_max_messages
                 or now - state.first_arrival >= interval
@@ -285,13 +302,54 @@ class MqttCollector:
             ):
                 await self._flush(client, state)
 
+    def _check_stall(self, state: _SessionState, now: float) -> None:
+        limit = self.cfg.stall_timeout_s or float(self.cfg.keepalive_s)
+        quiet = now - max(state.last_arrival, state.connected_at)
+        if quiet < limit:
+            return
+        # Only a stall if some device that was reporting is overdue: a fleet that reports every
+        # 15 minutes is allowed to be quiet for 15 minutes.
+        due = [
+            d
+            for d, seen in self._device_seen.items()
+            if now - seen > 2 * self.device_intervals.get(d, 10.0)
+            and now - seen < 20 * self.device_intervals.get(d, 10.0) + limit
+            and self.device_intervals.get(d, 10.0) < limit
+        ]
+        if not due:
+            return
+        self.stats.stalls += 1
+        state.connected_at = now  # one reconnect per stall
+        raise StallDetectedError(
+            f"no message for {quiet:.1f} s while {len(due)} devices are due (e.g. {due[0]}); "
+            "reconnecting to release what the broker holds"
+        )
+
+    async def _report_gaps(self, now: float) -> None:
+        gaps = self.sequences.expired(now)
+        if not gaps:
+            return
+        b = BatchBuilder()
+        b.current = -1  # not a broker message: never de-duplicated
+        ts = int(time.time() * 1e6)
+        for g in gaps:
+            log.warning("sequence gap on %s: %s (kept as an ingest/sequence_gap event)", g.device_id, g.describe())
+            b.add_event(ts, g.device_id, "ingest", "sequence_gap", g.describe())
+        batch = b.build(source="mqtt")
+        batch.message_keys = None
+        await self._sink(batch)
+        # A broker may hold in-flight messages on a live connection and resend them only on reconnect
+        # (shared/reliability.md §1.6): reconnect once, and whatever it held arrives late but arrives.
+        self.stats.stalls += 1
+        raise StallDetectedError(f"{len(gaps)} sequence gaps; reconnecting to release what the broker may hold")
+
     async def _flush(self, client: aiomqtt.Client, state: _SessionState) -> None:
         if not state.unacked:
             return
         builder, unacked = state.builder, state.unacked
         state.builder, state.unacked = BatchBuilder(), []
         # Arrow conversion runs beside the event loop, which is the busiest thread at high rates.
-        batch = await asyncio.to_thread(builder.build, self._limits, "mqtt")
+        batch = await asyncio.to_thread(builder.build, self._limits, "mqtt", self._clock)
         delay = 0.1
         while True:
             try:
@@ -307,6 +365,10 @@ class MqttCollector:
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
+        now = time.monotonic()
+        self.sequences.observe(builder.seqs, now)
+        for device in builder.sites:
+            self._device_seen[device] = now
         self.stats.flushes += 1
         self.stats.readings_decoded += batch.reading_count
         self.stats.events_decoded += batch.event_count
@@ -326,3 +388,5 @@ class _SessionState:
         self.signals = _Flush()
         self.first_arrival = 0.0
         self.last_arrival = 0.0
+        self.connected_at = time.monotonic()
+        self.next_health_check = 0.0

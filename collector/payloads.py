@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from itertools import repeat
 from typing import Any
 
@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from storage.batch import (
+    TS_TYPE,
     DeadLetter,
     IngestBatch,
     Quality,
@@ -150,6 +151,7 @@ class BatchBuilder:
     r_msg: list[int] = field(default_factory=list)
     e_msg: list[int] = field(default_factory=list)
     current: int = 0
+    seqs: list[tuple[str, int]] = field(default_factory=list)  # (device, seq) of messages that carry one
 
     def __len__(self) -> int:
         return self.messages
@@ -199,20 +201,25 @@ class BatchBuilder:
         self.ev_code.append(code)
         self.ev_text.append(text)
 
-    def mark(self) -> tuple[int, int]:
-        return len(self.ts), len(self.ev_ts)
+    def mark(self) -> tuple[int, int, int]:
+        return len(self.ts), len(self.ev_ts), len(self.seqs)
 
-    def rollback(self, mark: tuple[int, int]) -> None:
-        r, e = mark
+    def rollback(self, mark: tuple[int, int, int]) -> None:
+        r, e, q = mark
+        del self.seqs[q:]
         for col in (self.ts, self.device, self.metric, self.value, self.quality, self.r_msg):
             del col[r:]
         for ecol in (self.ev_ts, self.ev_device, self.ev_kind, self.ev_code, self.ev_text, self.e_msg):
             del ecol[e:]
 
-    def build(self, limits: MetricLimits | None = None, source: str = "mqtt") -> IngestBatch:
+    def build(
+        self, limits: MetricLimits | None = None, source: str = "mqtt", clock: ClockCheck | None = None
+    ) -> IngestBatch:
         readings = readings_from_columns(self.ts, self.device, self.metric, self.value, self.quality)
         if limits is not None and readings.num_rows:
             readings = limits.flag_out_of_range(readings)
+        if clock is not None and readings.num_rows:
+            readings = clock.flag(readings)
         return IngestBatch(
             readings=readings,
             events=events_from_columns(self.ev_ts, self.ev_device, self.ev_kind, self.ev_code, self.ev_text),
@@ -222,6 +229,25 @@ class BatchBuilder:
             reading_message=pa.array(self.r_msg, type=pa.int32()),
             event_message=pa.array(self.e_msg, type=pa.int32()),
         )
+
+
+@dataclass(frozen=True)
+class ClockCheck:
+    """Device clocks that are off: too far ahead is suspect, too old is stale. Both are stored, flagged."""
+
+    max_future_skew_s: float
+    stale_after_s: float
+
+    def flag(self, readings: pa.Table, now: datetime | None = None) -> pa.Table:
+        now = now or datetime.now(UTC)
+        ts = readings["ts"]
+        future = pc.greater(ts, pa.scalar(now + timedelta(seconds=self.max_future_skew_s), TS_TYPE))
+        stale = pc.less(ts, pa.scalar(now - timedelta(seconds=self.stale_after_s), TS_TYPE))
+        quality = readings["quality"]
+        good = pc.equal(quality, pa.scalar(Quality.GOOD, pa.uint8()))
+        quality = pc.if_else(pc.and_(future, good), pa.scalar(Quality.SUSPECT, pa.uint8()), quality)
+        quality = pc.if_else(pc.and_(stale, good), pa.scalar(Quality.STALE, pa.uint8()), quality)
+        return readings.set_column(readings.schema.get_field_index("quality"), "quality", quality)
 
 
 class MetricLimits:
@@ -268,7 +294,7 @@ def decode_message(builder: BatchBuilder, topic: str, payload: bytes, info: Topi
                     "bad_shape", f"expected a JSON object (or an array of them), got {type(item).__name__}"
                 )
             identified &= _decode_object(builder, item, info, received_us)
-        if builder.mark() == mark:
+        if builder.mark()[:2] == mark[:2]:
             raise DecodeError("no_readings", "the message holds no metrics, readings or event code")
     except DecodeError:
         builder.rollback(mark)
@@ -289,7 +315,10 @@ def _decode_object(b: BatchBuilder, obj: dict[str, Any], info: TopicInfo, receiv
     """Decode one object; True if it carries its own identity (a timestamp or sequence number), so a
     repeat of it is a redelivery, not a new reading that happens to look the same."""
     raw_ts = obj.get("ts", obj.get("timestamp", obj.get("time")))
-    identified = raw_ts is not None or obj.get("seq") is not None
+    seq = obj.get("seq")
+    if type(seq) is int:
+        b.seqs.append((info.device_id, seq))
+    identified = raw_ts is not None or seq is not None
     ts = parse_ts(raw_ts) if raw_ts is not None else received_us
     device = info.device_id
     if info.channel == "events" or ("code" in obj and "metrics" not in obj and "value" not in obj):

@@ -83,6 +83,23 @@ class MqttConfig(_Model):
     max_pending_messages: int = Field(
         20_000, ge=1, description="Stop reading from the socket when this many messages await commit."
     )
+    stall_timeout_s: float | None = Field(
+        None,
+        gt=0,
+        description="Reconnect when a live connection delivers nothing for this long while devices are due "
+        "(a broker that stops delivering releases held messages on reconnect). Default: keepalive_s.",
+    )
+    sequence_gap_grace_s: float = Field(
+        10.0, gt=0, description="How long a missing per-device sequence number may stay missing before it is reported."
+    )
+    max_future_skew_s: float = Field(
+        300.0,
+        ge=0,
+        description="Readings stamped further ahead of GridSentry's clock are stored as suspect (quality 1).",
+    )
+    stale_after_s: float = Field(
+        7 * 86400.0, gt=0, description="Readings stamped older than this are stored as stale (quality 3)."
+    )
     reconnect_min_s: float = Field(0.5, gt=0, description="First reconnect delay after a lost connection.")
     reconnect_max_s: float = Field(30.0, gt=0, description="Reconnect delay cap (exponential backoff).")
 

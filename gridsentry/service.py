@@ -105,6 +105,7 @@ class Service:
                 limits=MetricLimits({m.name: (m.min, m.max) for m in self.catalogue.values()}),
                 stats=self.collector_stats,
             )
+            self.collector.device_intervals = {d.id: d.expected_interval_s for d in cfg.devices}
             self._tasks.append(asyncio.create_task(self.collector.run(self._stop), name="mqtt-collector"))
         self._tasks.append(asyncio.create_task(self._rules_loop(), name="rules"))
         await self._start_http()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -44,12 +45,14 @@ class MosquittoBroker:
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.workdir.chmod(0o777)  # mosquitto drops to its own user when started as root
         self.conf.write_text(
             "\n".join(
                 [
                     f"listener {self.port} 127.0.0.1",
                     "allow_anonymous true",
+                    # Started as root, mosquitto would switch to its own user, which cannot reach a 0700 parent
+                    # directory: persistence then fails with only a log line, and a restart loses every session.
+                    *([] if os.geteuid() else ["user root"]),
                     "persistence true",
                     f"persistence_location {self.workdir}/",
                     "autosave_interval 1",
