@@ -28,6 +28,7 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from collector.mapping import FieldMapper
 from collector.payloads import (
     BatchBuilder,
     ClockCheck,
@@ -103,10 +104,12 @@ class MqttCollector:
         *,
         limits: MetricLimits | None = None,
         stats: CollectorStats | None = None,
+        mapper: FieldMapper | None = None,
     ) -> None:
         self.cfg = cfg
         self._sink = sink
         self._limits = limits
+        self._mapper = mapper
         self.stats = stats or CollectorStats()
         self._router = TopicRouter([s.template for s in cfg.subscriptions])
         self._protocol = {
@@ -349,7 +352,7 @@ class MqttCollector:
         builder, unacked = state.builder, state.unacked
         state.builder, state.unacked = BatchBuilder(), []
         # Arrow conversion runs beside the event loop, which is the busiest thread at high rates.
-        batch = await asyncio.to_thread(builder.build, self._limits, "mqtt", self._clock)
+        batch = await asyncio.to_thread(builder.build, self._limits, "mqtt", self._clock, self._mapper)
         delay = 0.1
         while True:
             try:

@@ -25,6 +25,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from collector.mapping import FieldMapper
 from storage.batch import (
     TS_TYPE,
     DeadLetter,
@@ -213,9 +214,15 @@ class BatchBuilder:
             del ecol[e:]
 
     def build(
-        self, limits: MetricLimits | None = None, source: str = "mqtt", clock: ClockCheck | None = None
+        self,
+        limits: MetricLimits | None = None,
+        source: str = "mqtt",
+        clock: ClockCheck | None = None,
+        mapper: FieldMapper | None = None,
     ) -> IngestBatch:
         readings = readings_from_columns(self.ts, self.device, self.metric, self.value, self.quality)
+        if mapper is not None:
+            readings = mapper.apply(readings)  # before the range check: limits are in catalogue units
         if limits is not None and readings.num_rows:
             readings = limits.flag_out_of_range(readings)
         if clock is not None and readings.num_rows:

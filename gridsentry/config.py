@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from collector.mapping import FieldRule, unit_conversion
 from collector.settings import MqttConfig
 from storage.yamlsource import Loc, dotted_path, load_yaml_with_lines, nearest_line
 
@@ -76,6 +77,23 @@ class MetricConfig(_Model):
     max: float | None = Field(None, description="Highest physically possible value; above it is out-of-range.")
 
 
+class FieldMapping(_Model):
+    metric: str = Field(description="The catalogue metric this payload field becomes, e.g. ac_power_kw.")
+    unit: str | None = Field(
+        None,
+        description="Unit the device sends; converted to the metric's catalogue unit (W->kW, Wh->kWh, °F->°C...).",
+    )
+    scale: float = Field(1.0, description="Multiply by this after any unit conversion (e.g. a register's 0.1).")
+    offset: float = Field(0.0, description="Then add this.")
+
+
+class MappingConfig(_Model):
+    devices: list[str] = Field(default_factory=list, description="Device ids this mapping applies to.")
+    kinds: list[DeviceKind] = Field(default_factory=list, description="...or every device of these kinds.")
+    sites: list[str] = Field(default_factory=list, description="...limited to these sites.")
+    fields: dict[str, FieldMapping] = Field(description="Payload field name -> metric, unit, scale, offset.")
+
+
 class Config(_Model):
     data_dir: Path = Field(Path("data"), description="Where the database and runtime files live.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log verbosity.")
@@ -95,6 +113,10 @@ class Config(_Model):
     metrics: list[MetricConfig] = Field(
         default_factory=list, description="Extra or overriding entries for the built-in metric catalogue."
     )
+    mappings: list[MappingConfig] = Field(
+        default_factory=list,
+        description="Per-device field mappings: rename vendor fields, convert units, scale raw values.",
+    )
 
     @model_validator(mode="after")
     def _check_ledger(self) -> Config:
@@ -108,10 +130,61 @@ class Config(_Model):
                 raise ValueError(f"device {d.id!r} names parent {d.parent!r}, which is not in devices")
         return self
 
+    @model_validator(mode="after")
+    def _check_mappings(self) -> Config:
+        known = {d.id for d in self.devices}
+        for i, m in enumerate(self.mappings):
+            missing = [d for d in m.devices if d not in known]
+            if missing:
+                raise ValueError(f"mappings[{i}] names devices not in the ledger: {', '.join(missing)}")
+        field_rules(self)  # unit conversions and metric names are checked here, not at the first message
+        return self
+
     @property
     def database_path(self) -> Path:
         p = self.storage.path
         return p if p.is_absolute() else self.data_dir / p
+
+
+BUILTIN_METRICS = Path(__file__).parent / "data" / "metrics.yaml"
+
+
+def metric_catalogue(cfg: Config) -> dict[str, MetricConfig]:
+    """The built-in catalogue with config's entries layered on top."""
+    raw = yaml.safe_load(BUILTIN_METRICS.read_text(encoding="utf-8"))
+    out = {m["name"]: MetricConfig.model_validate(m) for m in raw}
+    for m in cfg.metrics:
+        out[m.name] = m
+    return out
+
+
+def field_rules(cfg: Config) -> list[FieldRule]:
+    """Expand `mappings` into one rule per device and payload field."""
+    if not cfg.mappings:
+        return []
+    catalogue = metric_catalogue(cfg)
+    rules: list[FieldRule] = []
+    for i, m in enumerate(cfg.mappings):
+        targets = [
+            d.id
+            for d in cfg.devices
+            if (not m.devices or d.id in m.devices)
+            and (not m.kinds or d.kind in m.kinds)
+            and (not m.sites or d.site in m.sites)
+        ]
+        for name, f in m.fields.items():
+            if f.metric not in catalogue:
+                raise ValueError(
+                    f"mappings[{i}].fields.{name}: metric {f.metric!r} is not in the catalogue; add it under metrics:"
+                )
+            scale, offset = 1.0, 0.0
+            if f.unit is not None:
+                try:
+                    scale, offset = unit_conversion(f.unit, catalogue[f.metric].unit)
+                except ValueError as exc:
+                    raise ValueError(f"mappings[{i}].fields.{name}: {exc}") from None
+            rules += [FieldRule(d, name, f.metric, scale * f.scale, offset * f.scale + f.offset) for d in targets]
+    return rules
 
 
 # --- loading with line numbers ---------------------------------------------------------------
@@ -243,6 +316,16 @@ _EXAMPLE_ITEMS: dict[str, list[dict[str, Any]]] = {
         },
     ],
     "metrics": [{"name": "oil_level_pct", "unit": "%", "description": "Transformer oil level", "min": 0, "max": 100}],
+    "mappings": [
+        {
+            "kinds": ["pv_inverter"],
+            "fields": {
+                "W": {"metric": "ac_power_kw", "unit": "W"},
+                "WH": {"metric": "energy_kwh", "unit": "Wh"},
+                "TmpSnk": {"metric": "heatsink_temp_c", "scale": 0.1},
+            },
+        }
+    ],
     "subscriptions": [
         {"topic": "gridsentry/+/+/telemetry", "template": "gridsentry/{site}/{device_id}/{channel}"},
         {"topic": "gridsentry/+/+/events", "template": "gridsentry/{site}/{device_id}/{channel}"},
@@ -294,7 +377,12 @@ def _example_model(model: type[BaseModel], lines: list[str], indent: int) -> Non
             for item in _EXAMPLE_ITEMS[name]:
                 first = True
                 for k, v in item.items():
-                    lines.append(f"{pad}  {'- ' if first else '  '}{k}: {_scalar(v)}")
+                    lead = f"{pad}  {'- ' if first else '  '}{k}:"
+                    if isinstance(v, dict):
+                        lines.append(lead)
+                        lines += [f"{pad}      {sk}: {_scalar(sv)}" for sk, sv in v.items()]
+                    else:
+                        lines.append(f"{lead} {_scalar(v)}")
                     first = False
         elif sub is not None and name not in _EXAMPLE_ITEMS:
             lines.append(f"{pad}{key}:")

@@ -17,19 +17,18 @@ import os
 from collections import Counter
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import uvicorn
-import yaml
 
 from alerts.lifecycle import AlertLifecycle
+from collector.mapping import FieldMapper
 from collector.mqtt import CollectorStats, MqttCollector
 from collector.payloads import MetricLimits
-from gridsentry.config import Config, MetricConfig
+from gridsentry.config import Config, field_rules, metric_catalogue
 from gridsentry.exporter import build_registry
 from rules.engine import DeviceInfo, RuleEngine
 from rules.loader import LoadedRules, builtin_pack_files, load_packs
@@ -39,17 +38,7 @@ from storage.writer import CommitResult, StorageWriter
 
 log = logging.getLogger("gridsentry")
 
-BUILTIN_METRICS = Path(__file__).parent / "data" / "metrics.yaml"
 RUNTIME_FILE = "runtime.json"
-
-
-def metric_catalogue(cfg: Config) -> dict[str, MetricConfig]:
-    """The built-in catalogue with config's entries layered on top."""
-    raw = yaml.safe_load(BUILTIN_METRICS.read_text(encoding="utf-8"))
-    out = {m["name"]: MetricConfig.model_validate(m) for m in raw}
-    for m in cfg.metrics:
-        out[m.name] = m
-    return out
 
 
 class Service:
@@ -104,6 +93,7 @@ class Service:
                 self.store,
                 limits=MetricLimits({m.name: (m.min, m.max) for m in self.catalogue.values()}),
                 stats=self.collector_stats,
+                mapper=FieldMapper(field_rules(cfg)) if cfg.mappings else None,
             )
             self.collector.device_intervals = {d.id: d.expected_interval_s for d in cfg.devices}
             self._tasks.append(asyncio.create_task(self.collector.run(self._stop), name="mqtt-collector"))

@@ -307,3 +307,40 @@ async def test_metrics_pass_promtool(tmp_path: Path, mosquitto: MosquittoBroker)
         )
     finally:
         await service.stop()
+
+
+async def test_field_mappings_turn_vendor_fields_into_catalogue_metrics(tmp_path: Path, mosquitto: MosquittoBroker):
+    from gridsentry.config import parse_config
+
+    cfg = parse_config(
+        f"""\
+data_dir: {tmp_path / "data"}
+http: {{port: 0}}
+mqtt: {{port: {mosquitto.port}}}
+devices:
+  - {{id: INV01, site: s1, kind: pv_inverter}}
+mappings:
+  - kinds: [pv_inverter]
+    fields:
+      W: {{metric: ac_power_kw, unit: W}}
+      WH: {{metric: energy_kwh, unit: Wh}}
+      TmpSnk: {{metric: heatsink_temp_c, scale: 0.1}}
+"""
+    )
+    service = await start_service(cfg)
+    try:
+        publish_raw(
+            mosquitto.port,
+            [
+                (
+                    "gridsentry/s1/INV01/telemetry",
+                    b'{"ts": 1763880000, "W": 41230, "WH": 123456789, "TmpSnk": 412, "Hz": 50.01}',
+                )
+            ],
+        )
+        await wait_for(lambda: count(service, "select count(*) from readings") == 4, what="4 readings")
+        con = service.writer.reader()
+        rows = dict(con.execute("select metric, round(value, 4) from readings").fetchall())
+        assert rows == {"ac_power_kw": 41.23, "energy_kwh": 123456.789, "heatsink_temp_c": 41.2, "Hz": 50.01}
+    finally:
+        await service.stop()
