@@ -77,7 +77,7 @@ def create_app(service: Service) -> FastAPI:
         """Readiness: storage open, rules loaded, and the MQTT broker connected (when enabled)."""
         checks = {
             "storage": service.writer.queue_depth < 10_000 and service.ready.is_set(),
-            "mqtt": (not service.cfg.mqtt.enabled) or service.collector_stats.connected,
+            "mqtt": all(c.stats.connected for c in service.collectors),
             "rules": len(service.engine.rules) > 0 or not service.cfg.rules.builtin_packs,
         }
         ok = all(checks.values())

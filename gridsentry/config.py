@@ -103,7 +103,11 @@ class Config(_Model):
         "reject: send them to dead_letters.",
     )
     http: HttpConfig = Field(default_factory=HttpConfig)
-    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig, description="The MQTT broker to collect from.")
+    extra_brokers: list[MqttConfig] = Field(
+        default_factory=list,
+        description="More MQTT brokers to collect from at the same time (each with its own client_id).",
+    )
     storage: StorageConfig = Field(default_factory=StorageConfig)
     rules: RulesConfig = Field(default_factory=RulesConfig)
     sites: list[SiteConfig] = Field(default_factory=list, description="The sites of the fleet.")
@@ -129,6 +133,23 @@ class Config(_Model):
             if d.parent is not None and d.parent not in seen:
                 raise ValueError(f"device {d.id!r} names parent {d.parent!r}, which is not in devices")
         return self
+
+    @model_validator(mode="after")
+    def _check_brokers(self) -> Config:
+        seen = set()
+        for b in [self.mqtt, *self.extra_brokers]:
+            key = (b.host, b.port, b.client_id)
+            if key in seen:
+                raise ValueError(
+                    f"two brokers use client_id {b.client_id!r} on {b.host}:{b.port}: "
+                    "the broker would disconnect one for the other; give each its own client_id"
+                )
+            seen.add(key)
+        return self
+
+    @property
+    def brokers(self) -> list[MqttConfig]:
+        return [b for b in [self.mqtt, *self.extra_brokers] if b.enabled]
 
     @model_validator(mode="after")
     def _check_mappings(self) -> Config:
@@ -316,6 +337,16 @@ _EXAMPLE_ITEMS: dict[str, list[dict[str, Any]]] = {
         },
     ],
     "metrics": [{"name": "oil_level_pct", "unit": "%", "description": "Transformer oil level", "min": 0, "max": 100}],
+    "extra_brokers": [
+        {
+            "host": "site2-broker.example.net",
+            "port": 8883,
+            "client_id": "gridsentry-site2",
+            "username": "gridsentry",
+            "password": "${SITE2_MQTT_PASSWORD:-}",
+            "tls": {"ca_file": "/etc/gridsentry/site2-ca.pem"},
+        }
+    ],
     "mappings": [
         {
             "kinds": ["pv_inverter"],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -40,25 +41,7 @@ class ServiceCollector(Collector):
             "gridsentry_start_time_seconds", "When this GridSentry started (Unix time)", value=s.started_at.timestamp()
         )
 
-        c = CounterMetricFamily("gridsentry_mqtt_messages_received", "MQTT messages received", labels=[])
-        c.add_metric([], st.messages_received)
-        yield c
-        c = CounterMetricFamily(
-            "gridsentry_mqtt_messages_acked", "MQTT messages acknowledged to the broker after commit", labels=[]
-        )
-        c.add_metric([], st.messages_acked)
-        yield c
-        yield GaugeMetricFamily(
-            "gridsentry_mqtt_connected", "1 while connected to the MQTT broker", value=1 if st.connected else 0
-        )
-        c = CounterMetricFamily("gridsentry_mqtt_connection_failures", "Lost or refused MQTT connections", labels=[])
-        c.add_metric([], st.connection_failures)
-        yield c
-        yield GaugeMetricFamily(
-            "gridsentry_ingest_pending_messages",
-            "Messages received but not yet committed (unacknowledged)",
-            value=st.pending,
-        )
+        yield from self._mqtt()
 
         c = CounterMetricFamily("gridsentry_ingest_readings", "Readings committed to storage", labels=["source"])
         for source, n in sorted(s.readings_committed.items()):
@@ -72,13 +55,22 @@ class ServiceCollector(Collector):
         c = CounterMetricFamily(
             "gridsentry_ingest_rejected", "Messages rejected into dead_letters, by reason", labels=["reason"]
         )
-        for reason, n in sorted(st.rejected.items()):
+        rejected: Counter[str] = Counter(st.rejected)
+        for col in s.collectors:
+            if col.stats is not st:
+                rejected.update(col.stats.rejected)
+        for reason, n in sorted(rejected.items()):
             c.add_metric([reason], n)
         yield c
         c = CounterMetricFamily(
             "gridsentry_ingest_unknown_devices", "Devices first seen in data, not in the ledger", labels=[]
         )
         c.add_metric([], s.unknown_devices_seen)
+        yield c
+        c = CounterMetricFamily(
+            "gridsentry_ingest_duplicates", "Redelivered messages dropped by the de-duplication window", labels=[]
+        )
+        c.add_metric([], s.duplicates_dropped)
         yield c
 
         w = s.writer
@@ -141,6 +133,48 @@ class ServiceCollector(Collector):
             d = s.known_devices.get(dev)
             g.add_metric([dev, (d.site if d else None) or "", d.kind if d else "unknown"], min(ts, now))
         yield g
+
+    def _mqtt(self) -> Iterator[Metric]:
+        """Per-broker collector health, labelled `broker` (host:port)."""
+        labels = ["broker"]
+        received = CounterMetricFamily("gridsentry_mqtt_messages_received", "MQTT messages received", labels=labels)
+        acked = CounterMetricFamily(
+            "gridsentry_mqtt_messages_acked", "MQTT messages acknowledged to the broker after commit", labels=labels
+        )
+        connected = GaugeMetricFamily(
+            "gridsentry_mqtt_connected", "1 while connected to the MQTT broker", labels=labels
+        )
+        failures = CounterMetricFamily(
+            "gridsentry_mqtt_connection_failures", "Lost or refused MQTT connections", labels=labels
+        )
+        stalls = CounterMetricFamily(
+            "gridsentry_mqtt_stalls",
+            "Live connections that stopped delivering, or left sequence gaps, and were reconnected",
+            labels=labels,
+        )
+        pending = GaugeMetricFamily(
+            "gridsentry_ingest_pending_messages",
+            "Messages received but not yet committed (unacknowledged)",
+            labels=labels,
+        )
+        gaps = CounterMetricFamily(
+            "gridsentry_ingest_sequence_gaps", "Per-device sequence gaps reported", labels=labels
+        )
+        missing = CounterMetricFamily(
+            "gridsentry_ingest_missing_messages", "Messages missing from per-device sequences", labels=labels
+        )
+        for col in self.s.collectors:
+            b = [f"{col.cfg.host}:{col.cfg.port}"]
+            st = col.stats
+            received.add_metric(b, st.messages_received)
+            acked.add_metric(b, st.messages_acked)
+            connected.add_metric(b, 1 if st.connected else 0)
+            failures.add_metric(b, st.connection_failures)
+            stalls.add_metric(b, st.stalls)
+            pending.add_metric(b, st.pending)
+            gaps.add_metric(b, col.sequences.gaps_reported)
+            missing.add_metric(b, col.sequences.messages_missing)
+        yield from (received, acked, connected, failures, stalls, pending, gaps, missing)
 
 
 def build_registry(service: Service) -> tuple[CollectorRegistry, Histogram]:

@@ -53,7 +53,8 @@ class Service:
         self.engine = RuleEngine([])
         self.alerts = AlertLifecycle(self.writer)
         self.collector_stats = CollectorStats()
-        self.collector: MqttCollector | None = None
+        self.collector: MqttCollector | None = None  # the first broker's; `collectors` holds all
+        self.collectors: list[MqttCollector] = []
         self.known_devices: dict[str, DeviceInfo] = {}
         self.last_seen: dict[str, float] = {}
         self.readings_committed: Counter[str] = Counter()
@@ -87,16 +88,21 @@ class Service:
         )
         self._load_known_devices()
         self._load_rules()
-        if cfg.mqtt.enabled:
-            self.collector = MqttCollector(
-                cfg.mqtt,
+        limits = MetricLimits({m.name: (m.min, m.max) for m in self.catalogue.values()})
+        mapper = FieldMapper(field_rules(cfg)) if cfg.mappings else None
+        for broker in cfg.brokers:
+            collector = MqttCollector(
+                broker,
                 self.store,
-                limits=MetricLimits({m.name: (m.min, m.max) for m in self.catalogue.values()}),
-                stats=self.collector_stats,
-                mapper=FieldMapper(field_rules(cfg)) if cfg.mappings else None,
+                limits=limits,
+                stats=self.collector_stats if broker is cfg.mqtt else CollectorStats(),
+                mapper=mapper,
             )
-            self.collector.device_intervals = {d.id: d.expected_interval_s for d in cfg.devices}
-            self._tasks.append(asyncio.create_task(self.collector.run(self._stop), name="mqtt-collector"))
+            collector.device_intervals = {d.id: d.expected_interval_s for d in cfg.devices}
+            self.collectors.append(collector)
+            name = f"mqtt-collector {broker.host}:{broker.port}"
+            self._tasks.append(asyncio.create_task(collector.run(self._stop), name=name))
+        self.collector = self.collectors[0] if self.collectors else None
         self._tasks.append(asyncio.create_task(self._rules_loop(), name="rules"))
         await self._start_http()
         self._write_runtime_file()

@@ -264,7 +264,10 @@ async def test_unreachable_broker_is_counted_and_recovered(tmp_path: Path):
             await wait_for(lambda: service.collector_stats.connection_failures >= 2, what="failed connection attempts")
             r = await http.get("/readyz")
             assert r.status_code == 503 and r.json()["checks"]["mqtt"] is False
-            assert "gridsentry_mqtt_connected 0.0" in (await http.get("/metrics")).text
+            assert (
+                f'gridsentry_mqtt_connected{{broker="127.0.0.1:{broker.port}"}} 0.0'
+                in (await http.get("/metrics")).text
+            )
             await asyncio.to_thread(broker.start)
             await wait_for(lambda: service.collector_stats.connected, what="connected after the broker came up")
             assert service.collector_stats.protocol == "5"  # refused connections did not force MQTT 3.1.1
@@ -344,3 +347,41 @@ mappings:
         assert rows == {"ac_power_kw": 41.23, "energy_kwh": 123456.789, "heatsink_temp_c": 41.2, "Hz": 50.01}
     finally:
         await service.stop()
+
+
+async def test_several_brokers_at_once(tmp_path: Path, mosquitto: MosquittoBroker):
+    from collector.settings import MqttConfig
+    from tests.conftest import free_port
+
+    second = MosquittoBroker(tmp_path / "mosquitto-2", port=free_port())
+    second.start()
+    cfg = broker_config(
+        tmp_path,
+        mosquitto.port,
+        DeviceConfig(id="AC01", site="s1", kind="charger_ac"),
+        DeviceConfig(id="PV01", site="s2", kind="pv_inverter"),
+        extra_brokers=[MqttConfig(port=second.port, client_id="gridsentry-site2")],
+    )
+    service = await start_service(cfg)
+    try:
+        assert len(service.collectors) == 2
+        await asyncio.wait_for(service.collectors[1].subscribed.wait(), 10)
+        publish_raw(mosquitto.port, [("gridsentry/s1/AC01/telemetry", b'{"ts": 1763880000, "power_kw": 7.0}')])
+        publish_raw(second.port, [("gridsentry/s2/PV01/telemetry", b'{"ts": 1763880000, "ac_power_kw": 31.5}')])
+        await wait_for(lambda: count(service, "select count(*) from readings") == 2, what="a reading from each broker")
+        async with httpx.AsyncClient(base_url=service.http_url) as http:
+            body = (await http.get("/metrics")).text
+            assert f'gridsentry_mqtt_messages_acked_total{{broker="127.0.0.1:{second.port}"}} 1.0' in body
+            assert (await http.get("/readyz")).json()["checks"]["mqtt"] is True
+    finally:
+        await service.stop()
+        second.stop()
+
+
+def test_two_brokers_with_one_client_id_are_refused(tmp_path: Path):
+    from collector.settings import MqttConfig
+    from gridsentry.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match="client_id"):
+        parse_config("mqtt: {port: 1883}\nextra_brokers:\n  - {port: 1883}\n")
+    assert MqttConfig().client_id == "gridsentry-collector"
