@@ -34,7 +34,10 @@ class HttpConfig(_Model):
 
 class StorageConfig(_Model):
     path: Path = Field(Path("gridsentry.duckdb"), description="DuckDB file; relative paths are under data_dir.")
-    memory_limit: str = Field("2GB", description="DuckDB memory limit for the service.")
+    memory_limit: str = Field(
+        "512MB",
+        description="DuckDB memory limit (its buffer pool; big queries spill to disk). Keeps the whole service near 1 GiB.",
+    )
     threads: int = Field(2, ge=1, le=64, description="DuckDB worker threads.")
 
 

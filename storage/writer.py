@@ -46,7 +46,7 @@ class WriterClosedError(RuntimeError):
     pass
 
 
-def open_database(path: Path, *, memory_limit: str = "2GB", threads: int = 2) -> duckdb.DuckDBPyConnection:
+def open_database(path: Path, *, memory_limit: str = "512MB", threads: int = 2) -> duckdb.DuckDBPyConnection:
     """Open (creating if needed) the database file and bring its schema up to date."""
     path.parent.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect(
@@ -67,7 +67,7 @@ class StorageWriter:
     """Owns the database connection. Start it, submit jobs, close it."""
 
     def __init__(
-        self, path: Path, *, memory_limit: str = "2GB", threads: int = 2, dedupe_window: int = 200_000
+        self, path: Path, *, memory_limit: str = "512MB", threads: int = 2, dedupe_window: int = 200_000
     ) -> None:
         self.path = path
         self._memory_limit = memory_limit
