@@ -676,3 +676,52 @@ def test_systemd_unit() -> None:
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert "ignoring" not in out and "Unknown" not in out and "Failed" not in out, out
+
+
+async def test_gridsentry_ingests_through_the_shipped_broker_with_its_account(
+    shipped_broker: tuple[int, Path, Path], tmp_path: Path
+) -> None:
+    """The shipped mosquitto.conf and ACL in use: the collector logs in as `gridsentry`, a device as itself."""
+    import asyncio
+
+    import paho.mqtt.client as paho
+
+    from collector.settings import MqttConfig
+    from gridsentry.config import Config, DeviceConfig, HttpConfig
+    from gridsentry.service import Service
+
+    port, _, _ = shipped_broker
+    cfg = Config(
+        data_dir=tmp_path / "data",
+        http=HttpConfig(port=0),
+        mqtt=MqttConfig(port=port, username="gridsentry", password="collector-pw"),  # type: ignore[arg-type]
+        devices=[DeviceConfig(id="ev-dc-0001", site="s1", kind="charger_dc")],
+    )
+    service = Service(cfg)
+    await service.start()
+    try:
+        assert service.collector is not None
+        await asyncio.wait_for(service.collector.subscribed.wait(), 10)
+        device = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="ev-dc-0001")
+        device.username_pw_set("ev-dc-0001", "device-pw")
+        device.connect("127.0.0.1", port)
+        device.loop_start()
+        infos = [
+            device.publish(
+                "gridsentry/s1/ev-dc-0001/telemetry",
+                f'{{"ts": {1_763_880_000 + i}, "seq": {i + 1}, "metrics": {{"gun1_temp_c": 41.5}}}}',
+                qos=1,
+            )
+            for i in range(200)
+        ]
+        for info in infos:
+            await asyncio.to_thread(info.wait_for_publish, 10)
+        device.loop_stop()
+        device.disconnect()
+        deadline = time.monotonic() + 20
+        while service.readings_committed["mqtt"] < 200 and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        assert service.readings_committed["mqtt"] == 200
+        assert service.collector_stats.connection_failures == 0
+    finally:
+        await service.stop()
