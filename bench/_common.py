@@ -9,14 +9,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import platform
 import resource
 import shutil
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import metadata
@@ -356,3 +358,16 @@ def print_table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
 
 def goal_line(name: str, ok: bool, detail: str) -> str:
     return f"{'PASS' if ok else 'FAIL'}  {name}: {detail}"
+
+
+def run_main(amain: Callable[[argparse.Namespace], Awaitable[int]], args: argparse.Namespace) -> int:
+    """Every bench's entry point: quiet logging, harness errors and Ctrl-C exit 2 with a message."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return asyncio.run(amain(args))
+    except HarnessError as exc:
+        print(f"bench harness error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 2

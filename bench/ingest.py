@@ -62,6 +62,7 @@ from _common import (  # noqa: E402  (bench/ is on sys.path when a bench runs as
     print_table,
     publish_all,
     reset_peak_rss,
+    run_main,
     tool,
     versions,
     wait_until,
@@ -542,7 +543,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=64,
         help="mosquitto_pub processes at a time (default 64; each idles ~0.2 s around its connect and exit)",
     )
-    add_collector_args(p, protocol_default="auto", scrape_default=1.0)
+    add_collector_args(p, protocol_default="default", scrape_default=1.0)
     p.add_argument("--seed", type=int, default=1, help="random seed of the generated values")
     p.add_argument("--json", type=Path, help="write every figure to this JSON file")
     p.add_argument(
@@ -630,13 +631,7 @@ async def amain(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return asyncio.run(amain(args))
-    except HarnessError as exc:
-        print(f"bench harness error: {exc}", file=sys.stderr)
-        return 2
+    return run_main(amain, parse_args(argv))
 
 
 if __name__ == "__main__":

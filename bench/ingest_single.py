@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import random
 import shutil
 import sys
@@ -46,7 +45,6 @@ import ingest  # noqa: E402  (bench/ is on sys.path when a bench runs as a scrip
 from _common import (  # noqa: E402
     MOSQUITTO_PUB_LIMIT,
     Broker,
-    HarnessError,
     Meter,
     PubJob,
     add_collector_args,
@@ -55,6 +53,7 @@ from _common import (  # noqa: E402
     machine,
     print_table,
     publish_all,
+    run_main,
     versions,
 )
 
@@ -277,13 +276,7 @@ async def amain(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return asyncio.run(amain(args))
-    except HarnessError as exc:
-        print(f"bench harness error: {exc}", file=sys.stderr)
-        return 2
+    return run_main(amain, parse_args(argv))
 
 
 if __name__ == "__main__":

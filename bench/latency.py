@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import logging
 import random
 import shutil
 import sys
@@ -54,6 +53,7 @@ from _common import (  # noqa: E402  (bench/ is on sys.path when a bench runs as
     histogram_quantile,
     machine,
     print_table,
+    run_main,
     versions,
     wait_until,
 )
@@ -408,13 +408,7 @@ async def amain(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return asyncio.run(amain(args))
-    except HarnessError as exc:
-        print(f"bench harness error: {exc}", file=sys.stderr)
-        return 2
+    return run_main(amain, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import logging
 import random
 import resource
 import shutil
@@ -64,6 +62,7 @@ from _common import (  # noqa: E402  (bench/ is on sys.path when a bench runs as
     pid_cpu_s,
     print_table,
     reset_peak_rss,
+    run_main,
     versions,
     wait_until,
 )
@@ -561,17 +560,7 @@ async def amain(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return asyncio.run(amain(args))
-    except HarnessError as exc:
-        print(f"bench harness error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        with contextlib.suppress(Exception):
-            print("interrupted", file=sys.stderr)
-        return 2
+    return run_main(amain, parse_args(argv))
 
 
 if __name__ == "__main__":
