@@ -281,6 +281,12 @@ def add_collector_args(p: argparse.ArgumentParser, *, protocol_default: str, scr
         default=protocol_default,
         help=f"collector MQTT protocol (default {protocol_default}; 'default' keeps the collector's own default)",
     )
+    p.add_argument(
+        "--client",
+        choices=["default", "aiomqtt", "paho"],
+        default="default",
+        help="collector MQTT client library (default: the collector's own default)",
+    )
     p.add_argument("--flush-max-messages", type=int, default=2000, help="collector flush_max_messages (default 2000)")
     p.add_argument("--flush-interval-ms", type=int, default=100, help="collector flush_interval_ms (default 100)")
     p.add_argument("--flush-idle-ms", type=int, default=20, help="collector flush_idle_ms (default 20)")
@@ -299,6 +305,8 @@ def apply_collector_args(cfg: Any, args: argparse.Namespace) -> None:
     cfg.mqtt.flush_idle_ms = args.flush_idle_ms
     if args.protocol != "default":
         cfg.mqtt.protocol = args.protocol
+    if args.client != "default":
+        cfg.mqtt.client = args.client
 
 
 # --- figures and tables ------------------------------------------------------------------------------------

@@ -374,6 +374,7 @@ async def gridsentry(
             subscribe_seconds=round(t_subscribed - t0, 3) if mode == "drain" else None,
             first_message_seconds=round(t_first - t0, 3) if t_first is not None else None,
             protocol=stats.protocol,
+            client=svc.cfg.mqtt.client,
             readings_committed=svc.readings_committed["mqtt"],
             messages_received_total=stats.messages_received,
             messages_acked=stats.messages_acked,

@@ -96,7 +96,11 @@ class _Flush:
         self.space.set()
 
 
-class MqttCollector:
+class CollectorCore:
+    """What every MQTT collector shares, whatever client library it uses: the decode into a batch, the
+    dead-lettering, the commit (build beside the event loop, store with retry forever), the sequence and
+    stall checks. Subclasses own the connection and the acknowledgements."""
+
     def __init__(
         self,
         cfg: MqttConfig,
@@ -112,11 +116,6 @@ class MqttCollector:
         self._mapper = mapper
         self.stats = stats or CollectorStats()
         self._router = TopicRouter([s.template for s in cfg.subscriptions])
-        self._protocol = {
-            "5": aiomqtt.ProtocolVersion.V5,
-            "3.1.1": aiomqtt.ProtocolVersion.V311,
-            "auto": aiomqtt.ProtocolVersion.V5,
-        }[cfg.protocol]
         self._reject_logged: Counter[str] = Counter()
         self.subscribed = asyncio.Event()
         self.sequences = SequenceTracker(cfg.sequence_gap_grace_s)
@@ -124,6 +123,116 @@ class MqttCollector:
         #: How often each device should report (from the ledger); a device absent here counts as 10 s.
         self.device_intervals: dict[str, float] = {}
         self._device_seen: dict[str, float] = {}  # monotonic time of the newest committed message per device
+
+    def _decode(self, builder: BatchBuilder, topic: str, payload: bytes, now: float) -> None:
+        """Decode one message into `builder` (or dead-letter it) and count it in the batch."""
+        try:
+            decode_message(builder, topic, payload, self._router.route(topic), int(now * 1e6))
+        except DecodeError as exc:
+            self._reject(builder, topic, payload, exc)
+        builder.messages += 1
+
+    def _reject(self, builder: BatchBuilder, topic: str, payload: bytes, exc: DecodeError) -> None:
+        self.stats.rejected[exc.reason] += 1
+        builder.dead.append(DeadLetter("mqtt", topic, exc.reason, exc.detail, payload))
+        n = self._reject_logged[exc.reason] = self._reject_logged[exc.reason] + 1
+        if n <= 5 or n % 1000 == 0:
+            log.warning(
+                "rejected MQTT message on %s (%s): %s; kept in dead_letters (%d so far for this reason)",
+                topic,
+                exc.reason,
+                exc.detail,
+                n,
+            )
+
+    def _stall(self, last_arrival: float, connected_at: float, now: float) -> str | None:
+        """Why the live connection counts as stalled (and `stalls` is bumped), or None."""
+        limit = self.cfg.stall_timeout_s or float(self.cfg.keepalive_s)
+        quiet = now - max(last_arrival, connected_at)
+        if quiet < limit:
+            return None
+        # Only a stall if some device that was reporting is overdue: a fleet that reports every
+        # 15 minutes is allowed to be quiet for 15 minutes.
+        due = [
+            d
+            for d, seen in self._device_seen.items()
+            if now - seen > 2 * self.device_intervals.get(d, 10.0)
+            and now - seen < 20 * self.device_intervals.get(d, 10.0) + limit
+            and self.device_intervals.get(d, 10.0) < limit
+        ]
+        if not due:
+            return None
+        self.stats.stalls += 1
+        return (
+            f"no message for {quiet:.1f} s while {len(due)} devices are due (e.g. {due[0]}); "
+            "reconnecting to release what the broker holds"
+        )
+
+    async def _gaps(self, now: float) -> str | None:
+        """Store expired sequence gaps as events; when there were any, bump `stalls` and say why to reconnect."""
+        gaps = self.sequences.expired(now)
+        if not gaps:
+            return None
+        b = BatchBuilder()
+        b.current = -1  # not a broker message: never de-duplicated
+        ts = int(time.time() * 1e6)
+        for g in gaps:
+            log.warning("sequence gap on %s: %s (kept as an ingest/sequence_gap event)", g.device_id, g.describe())
+            b.add_event(ts, g.device_id, "ingest", "sequence_gap", g.describe())
+        batch = b.build(source="mqtt")
+        batch.message_keys = None
+        await self._sink(batch)
+        # A broker may hold in-flight messages on a live connection and resend them only on reconnect
+        # (shared/reliability.md §1.6): reconnect once, and whatever it held arrives late but arrives.
+        self.stats.stalls += 1
+        return f"{len(gaps)} sequence gaps; reconnecting to release what the broker may hold"
+
+    async def _commit(self, builder: BatchBuilder) -> None:
+        """Build `builder` into a batch and store it, retrying until it is committed. Nothing is acked here."""
+        # Arrow conversion runs beside the event loop, which is the busiest thread at high rates.
+        batch = await asyncio.to_thread(builder.build, self._limits, "mqtt", self._clock, self._mapper)
+        delay = 0.1
+        while True:
+            try:
+                await self._sink(batch)
+                break
+            except Exception as exc:
+                self.stats.sink_failures += 1
+                log.error(
+                    "could not store %d readings (%s); holding them and retrying in %.1f s, nothing is acked",
+                    batch.reading_count,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        now = time.monotonic()
+        self.sequences.observe(builder.seqs, now)
+        for device in builder.sites:
+            self._device_seen[device] = now
+        self.stats.flushes += 1
+        self.stats.readings_decoded += batch.reading_count
+        self.stats.events_decoded += batch.event_count
+
+
+class MqttCollector(CollectorCore):
+    """The collector on aiomqtt: one reader task feeding the flusher on the event loop."""
+
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        sink: Sink,
+        *,
+        limits: MetricLimits | None = None,
+        stats: CollectorStats | None = None,
+        mapper: FieldMapper | None = None,
+    ) -> None:
+        super().__init__(cfg, sink, limits=limits, stats=stats, mapper=mapper)
+        self._protocol = {
+            "5": aiomqtt.ProtocolVersion.V5,
+            "3.1.1": aiomqtt.ProtocolVersion.V311,
+            "auto": aiomqtt.ProtocolVersion.V5,
+        }[cfg.protocol]
         self._protocol_settled = False
 
     # --- connection loop -------------------------------------------------------------------
@@ -249,11 +358,7 @@ class MqttCollector:
                 state.first_arrival = state.last_arrival
             topic = msg.topic.value
             payload = msg.payload if isinstance(msg.payload, bytes | bytearray) else str(msg.payload).encode()
-            try:
-                decode_message(state.builder, topic, bytes(payload), self._router.route(topic), int(now * 1e6))
-            except DecodeError as exc:
-                self._reject(state.builder, topic, bytes(payload), exc)
-            state.builder.messages += 1
+            self._decode(state.builder, topic, bytes(payload), now)
             state.unacked.append((msg.mid, msg.qos))
             self.stats.pending = len(state.unacked)
             if len(state.unacked) >= cfg.flush_max_messages:
@@ -262,19 +367,6 @@ class MqttCollector:
                 state.signals.space.clear()
                 state.signals.wake.set()
                 await state.signals.space.wait()
-
-    def _reject(self, builder: BatchBuilder, topic: str, payload: bytes, exc: DecodeError) -> None:
-        self.stats.rejected[exc.reason] += 1
-        builder.dead.append(DeadLetter("mqtt", topic, exc.reason, exc.detail, payload))
-        n = self._reject_logged[exc.reason] = self._reject_logged[exc.reason] + 1
-        if n <= 5 or n % 1000 == 0:
-            log.warning(
-                "rejected MQTT message on %s (%s): %s; kept in dead_letters (%d so far for this reason)",
-                topic,
-                exc.reason,
-                exc.detail,
-                n,
-            )
 
     async def _flush_loop(
         self, client: aiomqtt.Client, state: _SessionState, reader: asyncio.Task[None], stop: asyncio.Event
@@ -306,75 +398,22 @@ class MqttCollector:
                 await self._flush(client, state)
 
     def _check_stall(self, state: _SessionState, now: float) -> None:
-        limit = self.cfg.stall_timeout_s or float(self.cfg.keepalive_s)
-        quiet = now - max(state.last_arrival, state.connected_at)
-        if quiet < limit:
-            return
-        # Only a stall if some device that was reporting is overdue: a fleet that reports every
-        # 15 minutes is allowed to be quiet for 15 minutes.
-        due = [
-            d
-            for d, seen in self._device_seen.items()
-            if now - seen > 2 * self.device_intervals.get(d, 10.0)
-            and now - seen < 20 * self.device_intervals.get(d, 10.0) + limit
-            and self.device_intervals.get(d, 10.0) < limit
-        ]
-        if not due:
-            return
-        self.stats.stalls += 1
-        state.connected_at = now  # one reconnect per stall
-        raise StallDetectedError(
-            f"no message for {quiet:.1f} s while {len(due)} devices are due (e.g. {due[0]}); "
-            "reconnecting to release what the broker holds"
-        )
+        why = self._stall(state.last_arrival, state.connected_at, now)
+        if why is not None:
+            state.connected_at = now  # one reconnect per stall
+            raise StallDetectedError(why)
 
     async def _report_gaps(self, now: float) -> None:
-        gaps = self.sequences.expired(now)
-        if not gaps:
-            return
-        b = BatchBuilder()
-        b.current = -1  # not a broker message: never de-duplicated
-        ts = int(time.time() * 1e6)
-        for g in gaps:
-            log.warning("sequence gap on %s: %s (kept as an ingest/sequence_gap event)", g.device_id, g.describe())
-            b.add_event(ts, g.device_id, "ingest", "sequence_gap", g.describe())
-        batch = b.build(source="mqtt")
-        batch.message_keys = None
-        await self._sink(batch)
-        # A broker may hold in-flight messages on a live connection and resend them only on reconnect
-        # (shared/reliability.md §1.6): reconnect once, and whatever it held arrives late but arrives.
-        self.stats.stalls += 1
-        raise StallDetectedError(f"{len(gaps)} sequence gaps; reconnecting to release what the broker may hold")
+        why = await self._gaps(now)
+        if why is not None:
+            raise StallDetectedError(why)
 
     async def _flush(self, client: aiomqtt.Client, state: _SessionState) -> None:
         if not state.unacked:
             return
         builder, unacked = state.builder, state.unacked
         state.builder, state.unacked = BatchBuilder(), []
-        # Arrow conversion runs beside the event loop, which is the busiest thread at high rates.
-        batch = await asyncio.to_thread(builder.build, self._limits, "mqtt", self._clock, self._mapper)
-        delay = 0.1
-        while True:
-            try:
-                await self._sink(batch)
-                break
-            except Exception as exc:
-                self.stats.sink_failures += 1
-                log.error(
-                    "could not store %d readings (%s); holding them and retrying in %.1f s, nothing is acked",
-                    batch.reading_count,
-                    exc,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-        now = time.monotonic()
-        self.sequences.observe(builder.seqs, now)
-        for device in builder.sites:
-            self._device_seen[device] = now
-        self.stats.flushes += 1
-        self.stats.readings_decoded += batch.reading_count
-        self.stats.events_decoded += batch.event_count
+        await self._commit(builder)
         paho = client._client
         for mid, qos in unacked:  # in arrival order, as MQTT 3.1.1 §4.6 requires
             if qos > 0:

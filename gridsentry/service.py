@@ -27,6 +27,7 @@ import uvicorn
 from alerts.lifecycle import AlertLifecycle
 from collector.mapping import FieldMapper
 from collector.mqtt import CollectorStats, MqttCollector
+from collector.paho_client import PahoMqttCollector
 from collector.payloads import MetricLimits
 from gridsentry.config import Config, field_rules, metric_catalogue
 from gridsentry.exporter import build_registry
@@ -53,8 +54,8 @@ class Service:
         self.engine = RuleEngine([])
         self.alerts = AlertLifecycle(self.writer)
         self.collector_stats = CollectorStats()
-        self.collector: MqttCollector | None = None  # the first broker's; `collectors` holds all
-        self.collectors: list[MqttCollector] = []
+        self.collector: MqttCollector | PahoMqttCollector | None = None  # the first broker's; `collectors` holds all
+        self.collectors: list[MqttCollector | PahoMqttCollector] = []
         self.known_devices: dict[str, DeviceInfo] = {}
         self.last_seen: dict[str, float] = {}
         self.readings_committed: Counter[str] = Counter()
@@ -91,7 +92,8 @@ class Service:
         limits = MetricLimits({m.name: (m.min, m.max) for m in self.catalogue.values()})
         mapper = FieldMapper(field_rules(cfg)) if cfg.mappings else None
         for broker in cfg.brokers:
-            collector = MqttCollector(
+            collector_class = PahoMqttCollector if broker.client == "paho" else MqttCollector
+            collector = collector_class(
                 broker,
                 self.store,
                 limits=limits,

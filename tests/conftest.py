@@ -97,3 +97,9 @@ def mosquitto(tmp_path: Path) -> Iterator[MosquittoBroker]:
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture(params=["aiomqtt", "paho"])
+def mqtt_client(request: pytest.FixtureRequest) -> str:
+    """The collector's MQTT client library: tests that take this fixture run once with each."""
+    return str(request.param)

@@ -31,10 +31,11 @@ READINGS_PER_MESSAGE = 50
 DEVICES = 20
 
 
-def write_config(path: Path, data_dir: Path, mqtt_port: int) -> None:
+def write_config(path: Path, data_dir: Path, mqtt_port: int, client: str) -> None:
     devices = "\n".join(f"  - {{id: DC{i:02d}, site: s1, kind: charger_dc}}" for i in range(DEVICES))
     path.write_text(
-        f"data_dir: {data_dir}\nhttp: {{port: 0}}\nmqtt: {{port: {mqtt_port}, client_id: crash-test}}\n"
+        f"data_dir: {data_dir}\nhttp: {{port: 0}}\n"
+        f"mqtt: {{port: {mqtt_port}, client_id: crash-test, client: {client}}}\n"
         f"devices:\n{devices}\n"
     )
 
@@ -82,11 +83,11 @@ def publish(port: int, done: threading.Event) -> None:
     done.set()
 
 
-def test_kill_minus_nine_loses_nothing(tmp_path: Path, mosquitto: MosquittoBroker):
+def test_kill_minus_nine_loses_nothing(tmp_path: Path, mosquitto: MosquittoBroker, mqtt_client: str):
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     config = tmp_path / "gridsentry.yaml"
-    write_config(config, data_dir, mosquitto.port)
+    write_config(config, data_dir, mosquitto.port, mqtt_client)
     proc = start(config, data_dir)
     done = threading.Event()
     publisher = threading.Thread(target=publish, args=(mosquitto.port, done))

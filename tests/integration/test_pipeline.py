@@ -41,10 +41,15 @@ async def wait_for(predicate, timeout: float = 20.0, what: str = "condition") ->
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def broker_config(tmp_path: Path, port: int, *devices: DeviceConfig, **overrides: object) -> Config:
+def broker_config(
+    tmp_path: Path, port: int, *devices: DeviceConfig, client: str | None = None, **overrides: object
+) -> Config:
+    """A service config for a test broker; `client` picks the collector's MQTT library (default: the config's)."""
     cfg = Config(data_dir=tmp_path / "data", devices=list(devices), **overrides)  # type: ignore[arg-type]
     cfg.http.port = 0
     cfg.mqtt.port = port
+    if client is not None:
+        cfg.mqtt.client = client  # type: ignore[assignment]
     return cfg
 
 
@@ -69,8 +74,11 @@ def publish_raw(port: int, messages: list[tuple[str, bytes]]) -> None:
     c.disconnect()
 
 
-async def test_simulated_fleet_is_stored_exactly_and_fault_alerts(tmp_path: Path, mosquitto: MosquittoBroker):
+async def test_simulated_fleet_is_stored_exactly_and_fault_alerts(
+    tmp_path: Path, mosquitto: MosquittoBroker, mqtt_client: str
+):
     cfg = demo_config(tmp_path / "data", http_port=0, mqtt_port=mosquitto.port)
+    cfg.mqtt.client = mqtt_client  # type: ignore[assignment]
     service = await start_service(cfg)
     site = demo_site()
     faults = [
@@ -136,8 +144,12 @@ async def test_simulated_fleet_is_stored_exactly_and_fault_alerts(tmp_path: Path
         await service.stop()
 
 
-async def test_bad_input_is_dead_lettered_counted_and_survived(tmp_path: Path, mosquitto: MosquittoBroker):
-    cfg = broker_config(tmp_path, mosquitto.port, DeviceConfig(id="DC01", site="s1", kind="charger_dc"))
+async def test_bad_input_is_dead_lettered_counted_and_survived(
+    tmp_path: Path, mosquitto: MosquittoBroker, mqtt_client: str
+):
+    cfg = broker_config(
+        tmp_path, mosquitto.port, DeviceConfig(id="DC01", site="s1", kind="charger_dc"), client=mqtt_client
+    )
     service = await start_service(cfg)
     try:
         good = b'{"ts": "2026-11-23T08:00:00Z", "metrics": {"gun1_temp_c": 41.5, "gun1_power_kw": 55}}'
@@ -196,11 +208,13 @@ async def test_rejecting_unknown_devices_keeps_their_data_in_dead_letters(tmp_pa
 
 @pytest.mark.parametrize("protocol", ["3.1.1", "5"])
 async def test_messages_sent_while_gridsentry_is_down_arrive_after_restart(
-    tmp_path: Path, mosquitto: MosquittoBroker, protocol: str
+    tmp_path: Path, mosquitto: MosquittoBroker, protocol: str, mqtt_client: str
 ):
     """The persistent session (3.1.1 clean_session=False; 5 clean_start=False with a session expiry) keeps
     what arrives while we are down."""
-    cfg = broker_config(tmp_path, mosquitto.port, DeviceConfig(id="INV01", site="s1", kind="pv_inverter"))
+    cfg = broker_config(
+        tmp_path, mosquitto.port, DeviceConfig(id="INV01", site="s1", kind="pv_inverter"), client=mqtt_client
+    )
     cfg.mqtt.protocol = protocol  # type: ignore[assignment]
     service = await start_service(cfg)
     assert service.collector_stats.protocol == protocol
@@ -224,13 +238,15 @@ async def test_messages_sent_while_gridsentry_is_down_arrive_after_restart(
         await service.stop()
 
 
-async def test_embedded_amqtt_broker_and_protocol_fallback(tmp_path: Path):
+async def test_embedded_amqtt_broker_and_protocol_fallback(tmp_path: Path, mqtt_client: str):
     """Without mosquitto the demo uses amqtt, which speaks only MQTT 3.1.1: the collector falls back."""
     from gridsentry.demo import Broker, free_port
 
     broker = Broker(free_port(), tmp_path, prefer="amqtt")
     await broker.start()
-    cfg = broker_config(tmp_path, broker.port, DeviceConfig(id="AC01", site="s1", kind="charger_ac"))
+    cfg = broker_config(
+        tmp_path, broker.port, DeviceConfig(id="AC01", site="s1", kind="charger_ac"), client=mqtt_client
+    )
     cfg.mqtt.protocol = "auto"
     cfg.mqtt.reconnect_min_s = 0.1
     try:
@@ -248,12 +264,14 @@ async def test_embedded_amqtt_broker_and_protocol_fallback(tmp_path: Path):
             await broker.stop()
 
 
-async def test_unreachable_broker_is_counted_and_recovered(tmp_path: Path):
+async def test_unreachable_broker_is_counted_and_recovered(tmp_path: Path, mqtt_client: str):
     """No broker yet: the service starts anyway, reports not-ready, retries, and ingests once it appears."""
     from tests.conftest import free_port
 
     broker = MosquittoBroker(tmp_path / "mosquitto", port=free_port())
-    cfg = broker_config(tmp_path, broker.port, DeviceConfig(id="TX01", site="s1", kind="box_transformer"))
+    cfg = broker_config(
+        tmp_path, broker.port, DeviceConfig(id="TX01", site="s1", kind="box_transformer"), client=mqtt_client
+    )
     cfg.mqtt.reconnect_min_s = 0.1
     cfg.mqtt.reconnect_max_s = 0.5
     cfg.mqtt.protocol = "auto"

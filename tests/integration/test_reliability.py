@@ -68,8 +68,8 @@ class Publisher:
         self.client.disconnect()
 
 
-async def test_r2_broker_restart_loses_nothing(tmp_path: Path, mosquitto: MosquittoBroker):
-    cfg = broker_config(tmp_path, mosquitto.port, *DEVICES)
+async def test_r2_broker_restart_loses_nothing(tmp_path: Path, mosquitto: MosquittoBroker, mqtt_client: str):
+    cfg = broker_config(tmp_path, mosquitto.port, *DEVICES, client=mqtt_client)
     cfg.mqtt.reconnect_min_s = 0.1
     cfg.mqtt.reconnect_max_s = 0.5
     service = await start_service(cfg)
@@ -95,8 +95,10 @@ async def test_r2_broker_restart_loses_nothing(tmp_path: Path, mosquitto: Mosqui
         await service.stop()
 
 
-async def test_r3_frozen_broker_is_detected_and_nothing_is_lost(tmp_path: Path, mosquitto: MosquittoBroker):
-    cfg = broker_config(tmp_path, mosquitto.port, *DEVICES)
+async def test_r3_frozen_broker_is_detected_and_nothing_is_lost(
+    tmp_path: Path, mosquitto: MosquittoBroker, mqtt_client: str
+):
+    cfg = broker_config(tmp_path, mosquitto.port, *DEVICES, client=mqtt_client)
     cfg.mqtt.keepalive_s = 5
     cfg.mqtt.reconnect_min_s = 0.1
     cfg.mqtt.reconnect_max_s = 1
@@ -160,8 +162,10 @@ async def test_r4_backlog_while_down_drains_faster_than_live(tmp_path: Path, mos
         await service.stop()
 
 
-async def test_r5_sequence_gap_is_reported_with_device_and_range(tmp_path: Path, mosquitto: MosquittoBroker):
-    cfg = broker_config(tmp_path, mosquitto.port, *DEVICES)
+async def test_r5_sequence_gap_is_reported_with_device_and_range(
+    tmp_path: Path, mosquitto: MosquittoBroker, mqtt_client: str
+):
+    cfg = broker_config(tmp_path, mosquitto.port, *DEVICES, client=mqtt_client)
     cfg.mqtt.sequence_gap_grace_s = 1.0
     service = await start_service(cfg)
     pub = Publisher(mosquitto.port, "r5-pub")

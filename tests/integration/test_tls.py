@@ -56,7 +56,7 @@ def tls_broker(tmp_path: Path):
     broker.stop()
 
 
-async def test_tls_with_client_certificate(tmp_path: Path, tls_broker):
+async def test_tls_with_client_certificate(tmp_path: Path, tls_broker, mqtt_client: str):
     broker, pki = tls_broker
     cfg = Config(
         data_dir=tmp_path / "data",
@@ -64,6 +64,7 @@ async def test_tls_with_client_certificate(tmp_path: Path, tls_broker):
         mqtt=MqttConfig(
             port=broker.port,
             tls=TlsConfig(ca_file=pki / "ca.pem", cert_file=pki / "client.pem", key_file=pki / "client.key"),
+            client=mqtt_client,
         ),
         devices=[DeviceConfig(id="TX01", site="s1", kind="box_transformer")],
     )
@@ -82,13 +83,17 @@ async def test_tls_with_client_certificate(tmp_path: Path, tls_broker):
         await service.stop()
 
 
-async def test_tls_without_client_certificate_is_refused_and_reported(tmp_path: Path, tls_broker):
+async def test_tls_without_client_certificate_is_refused_and_reported(tmp_path: Path, tls_broker, mqtt_client: str):
     broker, pki = tls_broker
     cfg = Config(
         data_dir=tmp_path / "data",
         http=HttpConfig(port=0),
         mqtt=MqttConfig(
-            port=broker.port, tls=TlsConfig(ca_file=pki / "ca.pem"), reconnect_min_s=0.1, reconnect_max_s=0.2
+            port=broker.port,
+            tls=TlsConfig(ca_file=pki / "ca.pem"),
+            reconnect_min_s=0.1,
+            reconnect_max_s=0.2,
+            client=mqtt_client,
         ),
     )
     from gridsentry.service import Service
