@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -291,14 +290,7 @@ class MqttCollector(CollectorCore):
         else:
             kwargs.update(clean_session=False)
         if self.cfg.tls is not None:
-            ctx = ssl.create_default_context(cafile=str(self.cfg.tls.ca_file) if self.cfg.tls.ca_file else None)
-            if self.cfg.tls.cert_file:
-                ctx.load_cert_chain(
-                    str(self.cfg.tls.cert_file), str(self.cfg.tls.key_file) if self.cfg.tls.key_file else None
-                )
-            if self.cfg.tls.insecure:
-                ctx.check_hostname = False
-            kwargs["tls_context"] = ctx
+            kwargs["tls_context"] = self.cfg.tls.ssl_context()
         client = aiomqtt.Client(
             self.cfg.host,
             self.cfg.port,

@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import logging
 import socket
-import ssl
 import threading
 import time
 from typing import Any
@@ -103,12 +102,7 @@ class PahoMqttCollector(CollectorCore):
         if cfg.username is not None:
             client.username_pw_set(cfg.username, cfg.password.get_secret_value() if cfg.password else None)
         if cfg.tls is not None:
-            ctx = ssl.create_default_context(cafile=str(cfg.tls.ca_file) if cfg.tls.ca_file else None)
-            if cfg.tls.cert_file:
-                ctx.load_cert_chain(str(cfg.tls.cert_file), str(cfg.tls.key_file) if cfg.tls.key_file else None)
-            if cfg.tls.insecure:
-                ctx.check_hostname = False
-            client.tls_set_context(ctx)
+            client.tls_set_context(cfg.tls.ssl_context())
             if cfg.tls.insecure:
                 client.tls_insecure_set(True)
         client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)  # type: ignore[arg-type]  # floats work

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Literal
 
@@ -17,6 +18,15 @@ class TlsConfig(_Model):
     cert_file: Path | None = Field(None, description="Client certificate, for brokers that require one.")
     key_file: Path | None = Field(None, description="Private key of the client certificate.")
     insecure: bool = Field(False, description="Skip host name verification (test brokers only).")
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The client-side TLS context both MQTT collectors use."""
+        ctx = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+        if self.cert_file:
+            ctx.load_cert_chain(str(self.cert_file), str(self.key_file) if self.key_file else None)
+        if self.insecure:
+            ctx.check_hostname = False
+        return ctx
 
 
 class Subscription(_Model):
