@@ -303,7 +303,11 @@ class Service:
             "database": str(self.cfg.database_path),
             "started_at": self.started_at.isoformat(),
         }
-        (self.cfg.data_dir / RUNTIME_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
+        # Written beside and renamed so a reader (the `sql` command, a supervisor) never sees a half file.
+        final = self.cfg.data_dir / RUNTIME_FILE
+        partial = final.with_name(f".{RUNTIME_FILE}.{os.getpid()}")
+        partial.write_text(json.dumps(info, indent=2), encoding="utf-8")
+        partial.replace(final)
 
     # --- read side used by the API and exporter ----------------------------------------------------------
     def uptime_s(self) -> float:
