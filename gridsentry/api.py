@@ -1,26 +1,35 @@
 """The HTTP API: health, readiness, /metrics, devices, alerts and engineers' SQL.
 
-Bound to loopback by default. Handlers that read DuckDB are plain `def`s, so FastAPI runs them in
+Bound to loopback by default. Every route declares the role it needs (`gridsentry.auth.require`); every
+state-changing request is written to `audit_log` with its actor. Handlers that read DuckDB are plain `def`s, so FastAPI runs them in
 its thread pool on their own reader connection and the event loop (and ingest) never waits on a query.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 import duckdb
-from fastapi import FastAPI, HTTPException, Query, Response
+from fastapi import FastAPI, HTTPException, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from alerts.lifecycle import AlertStateError
 from gridsentry import __version__
+from gridsentry.auth import principal_of, require
 from storage.sql import QueryRejectedError, QueryTimeoutError, run_read_query
 
 if TYPE_CHECKING:
     from gridsentry.service import Service
+
+log = logging.getLogger("gridsentry.audit")
+
+_CHANGING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 ALERT_COLUMNS = (
     "alert_id, event_class, state, device_id, site, rule_id, title, message, metric, value, threshold, unit, "
@@ -44,7 +53,11 @@ class SqlResponse(BaseModel):
 
 
 class AlertAction(BaseModel):
-    actor: str = Field(min_length=1, description="Who acts: name or staff id, recorded in alert_events.")
+    actor: str | None = Field(
+        None,
+        min_length=1,
+        description="Who acts, when the token is shared (e.g. a duty desk): recorded as 'actor via token-holder'.",
+    )
     comment: str | None = None
 
 
@@ -59,7 +72,36 @@ def create_app(service: Service) -> FastAPI:
         title="GridSentry",
         version=__version__,
         description="Telemetry monitor for EV-charging, PV and box-transformer fleets.",
+        # The built-in OpenAPI and docs routes would answer without a token; the schema is served below, guarded.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
+    app.state.tokens = service.tokens
+
+    @app.middleware("http")
+    async def audit(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        if request.method not in _CHANGING_METHODS:
+            return await call_next(request)
+        t0 = time.perf_counter()
+        response = await call_next(request)
+        principal = principal_of(request)
+        service.audit(
+            actor=principal.name,
+            role=principal.role,
+            action=request.method,
+            target=request.url.path,
+            status=response.status_code,
+            client=request.client.host if request.client else None,
+            duration_s=time.perf_counter() - t0,
+            detail=getattr(request.state, "audit_detail", None),
+        )
+        return response
+
+    @app.get("/api/openapi.json", tags=["health"], dependencies=[require("viewer")])
+    def openapi() -> dict[str, Any]:
+        """The OpenAPI schema of this API."""
+        return app.openapi()
 
     def reader() -> duckdb.DuckDBPyConnection:
         try:
@@ -67,12 +109,12 @@ def create_app(service: Service) -> FastAPI:
         except RuntimeError as exc:
             raise HTTPException(503, "the database is not open (GridSentry is starting or stopping)") from exc
 
-    @app.get("/healthz", tags=["health"])
+    @app.get("/healthz", tags=["health"], dependencies=[require("viewer", public="healthz")])
     def healthz() -> dict[str, Any]:
         """Liveness: the process answers."""
         return {"status": "ok", "version": __version__, "uptime_s": round(service.uptime_s(), 1)}
 
-    @app.get("/readyz", tags=["health"])
+    @app.get("/readyz", tags=["health"], dependencies=[require("viewer", public="healthz")])
     def readyz(response: Response) -> dict[str, Any]:
         """Readiness: storage open, rules loaded, and the MQTT broker connected (when enabled)."""
         checks = {
@@ -85,11 +127,11 @@ def create_app(service: Service) -> FastAPI:
             response.status_code = 503
         return {"ready": ok, "checks": checks}
 
-    @app.get("/metrics", tags=["health"])
+    @app.get("/metrics", tags=["health"], dependencies=[require("viewer", public="metrics")])
     def metrics() -> Response:
         return Response(generate_latest(service.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/api/devices", tags=["fleet"])
+    @app.get("/api/devices", tags=["fleet"], dependencies=[require("viewer")])
     def devices(site: str | None = None, kind: str | None = None) -> list[dict[str, Any]]:
         """The device ledger with each device's last reading time."""
         con = reader()
@@ -109,7 +151,7 @@ def create_app(service: Service) -> FastAPI:
             r["last_seen_age_s"] = round(now - seen, 1) if seen else None
         return rows
 
-    @app.get("/api/alerts", tags=["alerts"])
+    @app.get("/api/alerts", tags=["alerts"], dependencies=[require("viewer")])
     def alerts(
         state: Literal["open", "firing", "acknowledged", "resolved", "closed", "all"] = "open",
         device_id: str | None = None,
@@ -130,7 +172,7 @@ def create_app(service: Service) -> FastAPI:
         finally:
             con.close()
 
-    @app.get("/api/alerts/{alert_id}", tags=["alerts"])
+    @app.get("/api/alerts/{alert_id}", tags=["alerts"], dependencies=[require("viewer")])
     def alert(alert_id: int) -> dict[str, Any]:
         """One alert with its audit trail."""
         con = reader()
@@ -145,29 +187,32 @@ def create_app(service: Service) -> FastAPI:
         finally:
             con.close()
 
-    async def _act(alert_id: int, body: AlertAction, action: str) -> dict[str, Any]:
+    async def _act(request: Request, alert_id: int, body: AlertAction | None, action: str) -> dict[str, Any]:
         fn = service.alerts.acknowledge if action == "acknowledge" else service.alerts.close
+        holder = principal_of(request).name
+        actor = f"{body.actor} via {holder}" if body is not None and body.actor else holder
         try:
-            await fn(alert_id, body.actor, body.comment)
+            await fn(alert_id, actor, body.comment if body is not None else None)
         except LookupError as exc:
             raise HTTPException(404, str(exc)) from exc
         except AlertStateError as exc:
             raise HTTPException(409, str(exc)) from exc
         return await asyncio.to_thread(alert, alert_id)
 
-    @app.post("/api/alerts/{alert_id}/ack", tags=["alerts"])
-    async def acknowledge(alert_id: int, body: AlertAction) -> dict[str, Any]:
+    @app.post("/api/alerts/{alert_id}/ack", tags=["alerts"], dependencies=[require("operator")])
+    async def acknowledge(request: Request, alert_id: int, body: AlertAction | None = None) -> dict[str, Any]:
         """Acknowledge a firing alert (stops the response clock)."""
-        return await _act(alert_id, body, "acknowledge")
+        return await _act(request, alert_id, body, "acknowledge")
 
-    @app.post("/api/alerts/{alert_id}/close", tags=["alerts"])
-    async def close(alert_id: int, body: AlertAction) -> dict[str, Any]:
+    @app.post("/api/alerts/{alert_id}/close", tags=["alerts"], dependencies=[require("operator")])
+    async def close(request: Request, alert_id: int, body: AlertAction | None = None) -> dict[str, Any]:
         """Close an alert after the fault is cleared on site."""
-        return await _act(alert_id, body, "close")
+        return await _act(request, alert_id, body, "close")
 
-    @app.post("/api/sql", tags=["history"], response_model=SqlResponse)
-    def sql(body: SqlRequest) -> SqlResponse:
+    @app.post("/api/sql", tags=["history"], response_model=SqlResponse, dependencies=[require("engineer")])
+    def sql(request: Request, body: SqlRequest) -> SqlResponse:
         """Run one read-only statement against the live database."""
+        request.state.audit_detail = body.query
         con = reader()
         try:
             res = run_read_query(con, body.query, timeout_s=body.timeout_s, max_rows=body.max_rows)

@@ -25,6 +25,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from gridsentry import __version__
+from gridsentry.auth import hash_token, new_token, read_local_token
 from gridsentry.config import Config, ConfigError, example_yaml, load_config
 from gridsentry.service import RUNTIME_FILE, Service
 from storage.sql import QueryRejectedError, QueryResult, QueryTimeoutError, run_read_query
@@ -178,7 +179,8 @@ def _banner(run_: Any, startup_s: float) -> None:
         ("MQTT broker", f"mqtt://127.0.0.1:{cfg.mqtt.port} ({run_.broker.kind})"),
         ("Topics", "gridsentry/<site>/<device>/telemetry and .../events"),
         ("", ""),
-        ("HTTP API", f"{url}/docs"),
+        ("HTTP API", f"{url}/api/openapi.json (every /api route needs a token)"),
+        *[(f"Token: {role}", token) for role, token in run_.tokens.items()],
         ("Devices", f"{url}/api/devices"),
         ("Alerts", f"{url}/api/alerts"),
         ("Metrics", f"{url}/metrics"),
@@ -189,7 +191,8 @@ def _banner(run_: Any, startup_s: float) -> None:
         ("", f'gridsentry sql{dd_arg} "select * from v_open_alerts"'),
         (
             "",
-            f"curl -s {url}/api/sql -H 'content-type: application/json' -d '{{\"query\": \"select count(*) from readings\"}}'",
+            f"curl -s {url}/api/sql -H 'authorization: Bearer {run_.tokens['engineer']}' "
+            f"-H 'content-type: application/json' -d '{{\"query\": \"select count(*) from readings\"}}'",
         ),
         (
             "Logs",
@@ -238,7 +241,9 @@ def sql(
     runtime = ddir / RUNTIME_FILE
     result: QueryResult
     if runtime.exists() and _pid_alive(json.loads(runtime.read_text(encoding="utf-8")).get("pid")):
-        result = _sql_via_api(json.loads(runtime.read_text(encoding="utf-8"))["http_url"], query, max_rows, timeout)
+        token = os.environ.get("GRIDSENTRY_TOKEN") or read_local_token(ddir)
+        url = json.loads(runtime.read_text(encoding="utf-8"))["http_url"]
+        result = _sql_via_api(url, query, max_rows, timeout, token)
     else:
         db = cfg.database_path if config else ddir / "gridsentry.duckdb"
         if not db.exists():
@@ -270,10 +275,14 @@ def _pid_alive(pid: Any) -> bool:
     return True
 
 
-def _sql_via_api(url: str, query: str, max_rows: int, timeout: float) -> QueryResult:
+def _sql_via_api(url: str, query: str, max_rows: int, timeout: float, token: str | None) -> QueryResult:
+    headers = {"authorization": f"Bearer {token}"} if token else {}
     try:
         r = httpx.post(
-            f"{url}/api/sql", json={"query": query, "max_rows": max_rows, "timeout_s": timeout}, timeout=timeout + 10
+            f"{url}/api/sql",
+            json={"query": query, "max_rows": max_rows, "timeout_s": timeout},
+            headers=headers,
+            timeout=timeout + 10,
         )
     except httpx.HTTPError as exc:
         raise _fail(f"GridSentry is running but its API at {url} did not answer: {exc}") from exc
@@ -283,6 +292,10 @@ def _sql_via_api(url: str, query: str, max_rows: int, timeout: float) -> QueryRe
             if r.headers.get("content-type", "").startswith("application/json")
             else r.text
         )
+        if r.status_code == 401 and not token:
+            detail = (
+                f"{detail}. Set GRIDSENTRY_TOKEN to an engineer token, or run this as the user that runs GridSentry"
+            )
         raise _fail(str(detail))
     body = r.json()
     return QueryResult(
@@ -330,6 +343,33 @@ def config_check(file: Annotated[Path, typer.Argument(help="The YAML config file
 def config_example() -> None:
     """Print a config file documenting every key with its default."""
     sys.stdout.write(example_yaml())
+
+
+# --- tokens ------------------------------------------------------------------------------------------
+token_app = typer.Typer(help="API tokens: create them for people and systems.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+
+
+class RoleChoice(StrEnum):
+    viewer = "viewer"
+    operator = "operator"
+    engineer = "engineer"
+    admin = "admin"
+
+
+@token_app.command("create")
+def token_create(
+    role: Annotated[
+        RoleChoice, typer.Option(help="viewer < operator < engineer < admin; each includes the ones before.")
+    ],
+    name: Annotated[str, typer.Option(help="Who will hold it: recorded as the actor of what they do.")] = "someone",
+) -> None:
+    """Print a new token once, and the config lines that accept it (only its SHA-256 goes in the file)."""
+    token = new_token()
+    console.print(f"[bold]Token for {name} ({role.value})[/bold]: give it to them now, it is not shown again:")
+    sys.stdout.write(token + "\n")
+    console.print("Add to the config under [bold]auth.tokens[/bold]:")
+    sys.stdout.write(f"  - name: {name}\n    role: {role.value}\n    sha256: {hash_token(token)}\n")
 
 
 @app.command()

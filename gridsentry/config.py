@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from collector.mapping import FieldRule, unit_conversion
 from collector.settings import MqttConfig
+from gridsentry.auth import AuthConfig
 from storage.yamlsource import Loc, dotted_path, load_yaml_with_lines, nearest_line
 
 DeviceKind = Literal["charger_ac", "charger_dc", "pv_inverter", "pv_string", "box_transformer", "meter", "unknown"]
@@ -106,6 +107,9 @@ class Config(_Model):
         "reject: send them to dead_letters.",
     )
     http: HttpConfig = Field(default_factory=HttpConfig)
+    auth: AuthConfig = Field(
+        default_factory=AuthConfig, description="API tokens and roles; what opens without a token."
+    )
     mqtt: MqttConfig = Field(default_factory=MqttConfig, description="The MQTT broker to collect from.")
     extra_brokers: list[MqttConfig] = Field(
         default_factory=list,
@@ -315,6 +319,14 @@ def load_config(path: Path) -> Config:
 # --- the documented example ------------------------------------------------------------------
 
 _EXAMPLE_ITEMS: dict[str, list[dict[str, Any]]] = {
+    "tokens": [
+        {
+            "name": "duty-desk",
+            "role": "operator",
+            "sha256": "2708010edb522005d49d2b7c201aed87481f212c56e6c76649d4e064b0fb4ba4",
+        },
+        {"name": "li.ming", "role": "engineer", "file": "/run/secrets/li.ming.token"},
+    ],
     "sites": [
         {"id": "shenzhen-hub-01", "name": "Shenzhen bus depot charging hub", "latitude": 22.54, "longitude": 114.06}
     ],

@@ -20,6 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
+
+from gridsentry.auth import ROLES, AuthConfig, TokenConfig, new_token
 from gridsentry.config import Config, DeviceConfig, HttpConfig, SiteConfig
 from gridsentry.service import Service
 from simulator.core import FleetSimulator
@@ -191,7 +194,16 @@ def demo_config(data_dir: Path, http_port: int, mqtt_port: int) -> Config:
     )
     cfg.mqtt.port = mqtt_port
     cfg.mqtt.client_id = "gridsentry-demo"
+    # One fresh token per role, printed in the banner; the wall screen, /metrics and health open without one.
+    cfg.auth = AuthConfig(
+        tokens=[TokenConfig(name=f"demo-{role}", role=role, token=SecretStr(new_token())) for role in ROLES],
+        public=["healthz", "metrics", "wall"],
+    )
     return cfg
+
+
+def demo_tokens(cfg: Config) -> dict[str, str]:
+    return {t.role: t.token.get_secret_value() for t in cfg.auth.tokens if t.token is not None}
 
 
 DEMO_FAULTS = (
@@ -211,6 +223,7 @@ class DemoRun:
     publisher: MqttFleetPublisher
     publisher_task: asyncio.Task[PublishStats]
     stop: asyncio.Event
+    tokens: dict[str, str]
 
     async def shutdown(self) -> PublishStats:
         self.stop.set()
@@ -260,4 +273,4 @@ async def start_demo(
     simulation = FleetSimulator(site, demo_fleet(site.id), seed=seed, faults=faults)
     publisher = MqttFleetPublisher(simulation, client_id="gridsentry-demo-fleet")
     task = asyncio.create_task(publisher.run("127.0.0.1", mqtt_port, speed=speed, stop=stop), name="simulator")
-    return DemoRun(service, b, publisher, task, stop)
+    return DemoRun(service, b, publisher, task, stop, demo_tokens(cfg))

@@ -16,9 +16,11 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Mapping
+from concurrent.futures import Future
 from datetime import UTC, datetime
 from typing import Any
 
+import duckdb
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -29,7 +31,8 @@ from collector.mapping import FieldMapper
 from collector.mqtt import CollectorStats, MqttCollector
 from collector.paho_client import PahoMqttCollector
 from collector.payloads import MetricLimits
-from gridsentry.config import Config, field_rules, metric_catalogue
+from gridsentry.auth import TokenStore, write_local_token
+from gridsentry.config import Config, ConfigError, ConfigIssue, field_rules, metric_catalogue
 from gridsentry.exporter import build_registry
 from rules.engine import DeviceInfo, RuleEngine
 from rules.loader import LoadedRules, builtin_pack_files, load_packs
@@ -70,6 +73,12 @@ class Service:
         self._tasks: list[asyncio.Task[Any]] = []
         self._http: uvicorn.Server | None = None
         self.ready = asyncio.Event()
+        try:
+            self.tokens = TokenStore.from_config(cfg.auth, base_dir=cfg.data_dir)
+        except ValueError as exc:
+            raise ConfigError(None, [ConfigIssue("auth.tokens", None, str(exc))]) from exc
+        self.audit_failures = 0
+        self.app: Any = None  # the FastAPI app, once the HTTP server starts
         self.registry, commit_seconds = build_registry(self)
         self.writer.on_commit = lambda result: commit_seconds.observe(result.seconds)
 
@@ -106,6 +115,13 @@ class Service:
             self._tasks.append(asyncio.create_task(collector.run(self._stop), name=name))
         self.collector = self.collectors[0] if self.collectors else None
         self._tasks.append(asyncio.create_task(self._rules_loop(), name="rules"))
+        if cfg.auth.local_token:
+            write_local_token(cfg.data_dir, self.tokens)
+        if not self.tokens:
+            log.warning(
+                "no API tokens are configured: every /api route will answer 401. "
+                "Create one with `gridsentry token create --role operator` and add it under auth.tokens"
+            )
         await self._start_http()
         self._write_runtime_file()
         self.ready.set()
@@ -265,7 +281,7 @@ class Service:
     async def _start_http(self) -> None:
         from gridsentry.api import create_app  # the API imports the service's types
 
-        app = create_app(self)
+        app = self.app = create_app(self)
         config = uvicorn.Config(
             app,
             host=self.cfg.http.host,
@@ -308,6 +324,40 @@ class Service:
         partial = final.with_name(f".{RUNTIME_FILE}.{os.getpid()}")
         partial.write_text(json.dumps(info, indent=2), encoding="utf-8")
         partial.replace(final)
+
+    def audit(
+        self,
+        *,
+        actor: str,
+        role: str,
+        action: str,
+        target: str,
+        status: int | None = None,
+        client: str | None = None,
+        duration_s: float | None = None,
+        detail: str | None = None,
+    ) -> None:
+        """Record who changed what (or queried what) in `audit_log`, through the single writer."""
+        log.info("audit: %s (%s) %s %s -> %s", actor, role, action, target, status)
+        row = [actor, role, action, target, status, client, duration_s, detail[:4000] if detail else None]
+
+        def write(con: duckdb.DuckDBPyConnection) -> None:
+            con.execute(
+                "INSERT INTO audit_log (actor, role, action, target, status, client, duration_s, detail) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                row,
+            )
+
+        def done(fut: Future[None]) -> None:
+            if fut.exception() is not None:
+                self.audit_failures += 1
+                log.error("audit row for %s %s %s not written: %s", actor, action, target, fut.exception())
+
+        try:
+            self.writer.submit(write).add_done_callback(done)
+        except RuntimeError as exc:
+            self.audit_failures += 1
+            log.error("audit row for %s %s %s not written: %s", actor, action, target, exc)
 
     # --- read side used by the API and exporter ----------------------------------------------------------
     def uptime_s(self) -> float:

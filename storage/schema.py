@@ -162,31 +162,57 @@ MIGRATIONS: tuple[Migration, ...] = (
             FROM readings GROUP BY device_id, metric;
         """,
     ),
+    Migration(
+        7,
+        "audit log of state-changing API calls and engineers' queries",
+        """
+        CREATE SEQUENCE audit_id_seq;
+        CREATE TABLE audit_log (
+            audit_id   BIGINT PRIMARY KEY DEFAULT nextval('audit_id_seq'),
+            ts         TIMESTAMPTZ NOT NULL DEFAULT now(),
+            actor      VARCHAR NOT NULL,
+            role       VARCHAR NOT NULL,
+            action     VARCHAR NOT NULL,
+            target     VARCHAR NOT NULL,
+            status     INTEGER,
+            client     VARCHAR,
+            duration_s DOUBLE,
+            detail     VARCHAR
+        );
+        """,
+    ),
 )
 
-LATEST_VERSION = MIGRATIONS[-1].version
+LATEST_VERSION = max(m.version for m in MIGRATIONS)
 
 
-def current_version(con: duckdb.DuckDBPyConnection) -> int:
+def applied_versions(con: duckdb.DuckDBPyConnection) -> set[int]:
     con.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations ("
         " version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
     )
-    row = con.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
-    return int(row[0]) if row else 0
+    return {int(r[0]) for r in con.execute("SELECT version FROM schema_migrations").fetchall()}
+
+
+def current_version(con: duckdb.DuckDBPyConnection) -> int:
+    return max(applied_versions(con), default=0)
 
 
 def migrate(con: duckdb.DuckDBPyConnection) -> list[int]:
-    """Apply every migration newer than the database. Returns the versions applied."""
-    have = current_version(con)
-    if have > LATEST_VERSION:
+    """Apply, in version order, every migration the database has not had yet. Returns the versions applied.
+
+    Applied versions are tracked one by one (not as a high-water mark), so a migration numbered below one
+    already applied - work merged from a parallel branch - still runs.
+    """
+    have = applied_versions(con)
+    if have and max(have) > LATEST_VERSION:
         raise RuntimeError(
-            f"the database is at schema version {have}, newer than this GridSentry knows ({LATEST_VERSION}): "
+            f"the database is at schema version {max(have)}, newer than this GridSentry knows ({LATEST_VERSION}): "
             "upgrade GridSentry or point it at another data directory"
         )
     applied = []
-    for m in MIGRATIONS:
-        if m.version <= have:
+    for m in sorted(MIGRATIONS, key=lambda m: m.version):
+        if m.version in have:
             continue
         con.execute("BEGIN TRANSACTION")
         try:

@@ -103,3 +103,9 @@ def mosquitto(tmp_path: Path) -> Iterator[MosquittoBroker]:
 def mqtt_client(request: pytest.FixtureRequest) -> str:
     """The collector's MQTT client library: tests that take this fixture run once with each."""
     return str(request.param)
+
+
+def api_headers(data_dir: Path) -> dict[str, str]:
+    """Authorization for the service's API: the admin token it writes for the CLI on this host."""
+    token = (data_dir / "local.token").read_text(encoding="utf-8").strip()
+    return {"authorization": f"Bearer {token}"}

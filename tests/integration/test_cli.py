@@ -13,6 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import api_headers
+
 pytestmark = pytest.mark.integration
 
 GS = [sys.executable, "-m", "gridsentry.cli"]
@@ -61,12 +63,14 @@ def test_demo_runs_prints_banner_and_sql_works_live_and_stopped(tmp_path: Path):
             counts.append(json.loads(r.stdout)[0]["n"])
             time.sleep(2)
         assert counts[1] > counts[0] > 0
+        # The demo opens /metrics without a token; /api routes never answer without one.
         metrics = httpx.get(f"{url}/metrics").text
+        assert httpx.get(f"{url}/api/alerts").status_code == 401
         assert "gridsentry_ingest_readings_total" in metrics
         # At 4x, the injected DC02 fault holds above 90 °C for 30 simulated seconds well within the run.
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            alerts = httpx.get(f"{url}/api/alerts").json()
+            alerts = httpx.get(f"{url}/api/alerts", headers=api_headers(data)).json()
             if {a["event_class"] for a in alerts} >= {"I", "II"}:
                 break
             time.sleep(0.5)
@@ -77,7 +81,16 @@ def test_demo_runs_prints_banner_and_sql_works_live_and_stopped(tmp_path: Path):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err
-    for needle in ("HTTP API", "/metrics", "Database", "gridsentry.duckdb", "gridsentry sql", "demo stopped"):
+    for needle in (
+        "HTTP API",
+        "Token: operator",
+        "gst_",
+        "/metrics",
+        "Database",
+        "gridsentry.duckdb",
+        "gridsentry sql",
+        "demo stopped",
+    ):
         assert needle in out, needle
     assert not runtime.exists()
     # With the service stopped, the file is opened read-only.

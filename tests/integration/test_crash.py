@@ -22,7 +22,7 @@ import httpx
 import paho.mqtt.client as paho
 import pytest
 
-from tests.conftest import MosquittoBroker
+from tests.conftest import MosquittoBroker, api_headers
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +55,7 @@ def start(config: Path, data_dir: Path) -> subprocess.Popen[bytes]:
         if runtime.exists():
             url = json.loads(runtime.read_text())["http_url"]
             try:
-                if httpx.get(f"{url}/readyz", timeout=1).json()["ready"]:
+                if httpx.get(f"{url}/readyz", timeout=1, headers=api_headers(data_dir)).json()["ready"]:
                     return proc
             except (httpx.HTTPError, ValueError):
                 pass
@@ -115,6 +115,7 @@ def test_kill_minus_nine_loses_nothing(tmp_path: Path, mosquitto: MosquittoBroke
                 f"{url}/api/sql",
                 json={"query": "select count(*) from (select distinct device_id, metric, ts from readings)"},
                 timeout=10,
+                headers=api_headers(data_dir),
             ).json()
             distinct = body["rows"][0][0]
             if distinct >= expected:

@@ -31,7 +31,7 @@ import pytest
 from collector.payloads import BatchBuilder, DecodeError, TopicTemplate, decode_message
 from gridsentry.config import DeviceConfig
 from storage.batch import DEAD_LETTER_PAYLOAD_LIMIT
-from tests.conftest import MosquittoBroker
+from tests.conftest import MosquittoBroker, api_headers
 from tests.integration.test_pipeline import broker_config, start_service, wait_for
 
 pytestmark = pytest.mark.integration
@@ -301,7 +301,7 @@ async def test_b1_malformed_corpus_mixed_into_valid_stream(tmp_path: Path, mosqu
             ).fetchone()[0]
         finally:
             con.close()
-        async with httpx.AsyncClient(base_url=service.http_url) as http:
+        async with httpx.AsyncClient(base_url=service.http_url, headers=api_headers(service.cfg.data_dir)) as http:
             health = await http.get("/healthz")
 
         print()

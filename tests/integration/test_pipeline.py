@@ -18,7 +18,7 @@ from simulator.core import FleetSimulator
 from simulator.faults import FaultSpec
 from simulator.fleet import demo_fleet, demo_site
 from simulator.publisher import MqttFleetPublisher
-from tests.conftest import MosquittoBroker
+from tests.conftest import MosquittoBroker, api_headers
 
 pytestmark = pytest.mark.integration
 
@@ -116,7 +116,7 @@ async def test_simulated_fleet_is_stored_exactly_and_fault_alerts(
         assert con.execute("select count(*) from alert_events where action = 'fired'").fetchone() == (2,)
 
         # The HTTP API and /metrics show the same.
-        async with httpx.AsyncClient(base_url=service.http_url) as http:
+        async with httpx.AsyncClient(base_url=service.http_url, headers=api_headers(service.cfg.data_dir)) as http:
             assert (await http.get("/healthz")).json()["status"] == "ok"
             ready = (await http.get("/readyz")).json()
             assert ready["ready"], ready
@@ -278,7 +278,7 @@ async def test_unreachable_broker_is_counted_and_recovered(tmp_path: Path, mqtt_
     service = Service(cfg)
     await service.start()
     try:
-        async with httpx.AsyncClient(base_url=service.http_url) as http:
+        async with httpx.AsyncClient(base_url=service.http_url, headers=api_headers(service.cfg.data_dir)) as http:
             await wait_for(lambda: service.collector_stats.connection_failures >= 2, what="failed connection attempts")
             r = await http.get("/readyz")
             assert r.status_code == 503 and r.json()["checks"]["mqtt"] is False
@@ -318,7 +318,7 @@ async def test_metrics_pass_promtool(tmp_path: Path, mosquitto: MosquittoBroker)
             ],
         )
         await wait_for(lambda: service.collector_stats.messages_acked >= 2, what="acks")
-        async with httpx.AsyncClient(base_url=service.http_url) as http:
+        async with httpx.AsyncClient(base_url=service.http_url, headers=api_headers(service.cfg.data_dir)) as http:
             body = (await http.get("/metrics")).text
         check = await asyncio.to_thread(
             subprocess.run, [promtool, "check", "metrics"], input=body, capture_output=True, text=True
@@ -387,7 +387,7 @@ async def test_several_brokers_at_once(tmp_path: Path, mosquitto: MosquittoBroke
         publish_raw(mosquitto.port, [("gridsentry/s1/AC01/telemetry", b'{"ts": 1763880000, "power_kw": 7.0}')])
         publish_raw(second.port, [("gridsentry/s2/PV01/telemetry", b'{"ts": 1763880000, "ac_power_kw": 31.5}')])
         await wait_for(lambda: count(service, "select count(*) from readings") == 2, what="a reading from each broker")
-        async with httpx.AsyncClient(base_url=service.http_url) as http:
+        async with httpx.AsyncClient(base_url=service.http_url, headers=api_headers(service.cfg.data_dir)) as http:
             body = (await http.get("/metrics")).text
             assert f'gridsentry_mqtt_messages_acked_total{{broker="127.0.0.1:{second.port}"}} 1.0' in body
             assert (await http.get("/readyz")).json()["checks"]["mqtt"] is True
