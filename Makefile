@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_ARGS ?=
 
-.PHONY: demo test install lint typecheck pytest system-deps clean bench
+.PHONY: demo test install lint typecheck security pytest system-deps clean bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,10 +39,15 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy collector storage rules alerts gridsentry simulator
 
+# bandit (waivers with reasons in pyproject's [tool.bandit]) and pip-audit (waivers in .ci/audit-waivers.txt).
+security: $(STAMP)
+	$(BIN)/bandit -q -c pyproject.toml -r collector storage rules alerts gridsentry simulator
+	$(BIN)/python .ci/audit_deps.py
+
 pytest: $(STAMP)
 	$(BIN)/pytest
 
-test: system-deps lint typecheck pytest
+test: system-deps lint typecheck security pytest
 
 bench: $(STAMP) system-deps
 	$(BIN)/python bench/ingest.py

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import duckdb
 from fastapi import FastAPI, HTTPException, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
@@ -78,6 +80,15 @@ def create_app(service: Service) -> FastAPI:
         redoc_url=None,
     )
     app.state.tokens = service.tokens
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI echoes the offending input by default; a body may carry a secret, so errors name the field only.
+        problems = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg", "invalid"), "type": e.get("type", "")}
+            for e in exc.errors()
+        ]
+        return JSONResponse({"detail": problems}, status_code=422)
 
     @app.middleware("http")
     async def audit(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

@@ -241,12 +241,14 @@ class ConfigError(Exception):
         super().__init__(head + "; ".join(str(i) for i in issues))
 
 
-def _expand_env(value: Any, loc: Loc, missing: list[tuple[Loc, str]]) -> Any:
+def _expand_env(value: Any, loc: Loc, missing: list[tuple[Loc, str]], from_env: set[Loc] | None = None) -> Any:
     if isinstance(value, dict):
-        return {k: _expand_env(v, (*loc, k), missing) for k, v in value.items()}
+        return {k: _expand_env(v, (*loc, k), missing, from_env) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand_env(v, (*loc, i), missing) for i, v in enumerate(value)]
+        return [_expand_env(v, (*loc, i), missing, from_env) for i, v in enumerate(value)]
     if isinstance(value, str) and "${" in value:
+        if from_env is not None:
+            from_env.add(loc)
 
         def sub(m: re.Match[str]) -> str:
             name, default = m.group(1), m.group(2)
@@ -274,7 +276,8 @@ def parse_config(text: str, file: Path | None = None) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(file, [ConfigIssue("(top level)", 1, "the config must be a mapping of keys")])
     missing: list[tuple[Loc, str]] = []
-    expanded = _expand_env(raw, (), missing)
+    from_env: set[Loc] = set()
+    expanded = _expand_env(raw, (), missing, from_env)
     issues = [
         ConfigIssue(
             dotted_path(loc),
@@ -288,7 +291,8 @@ def parse_config(text: str, file: Path | None = None) -> Config:
     except ValidationError as exc:
         for err in exc.errors():
             loc = tuple(err["loc"])
-            issues.append(ConfigIssue(dotted_path(loc), nearest_line(lines, loc), _explain(err)))
+            hide = loc in from_env or _looks_secret(loc)
+            issues.append(ConfigIssue(dotted_path(loc), nearest_line(lines, loc), _explain(err, hide_input=hide)))
         raise ConfigError(file, issues) from None
     if issues:
         raise ConfigError(file, issues)
@@ -297,12 +301,23 @@ def parse_config(text: str, file: Path | None = None) -> Config:
     return cfg
 
 
-def _explain(err: Any) -> str:
+_SECRET_KEY = re.compile(r"pass|token|secret|sha256|key|credential", re.IGNORECASE)
+
+
+def _looks_secret(loc: tuple[Any, ...]) -> bool:
+    key = next((part for part in reversed(loc) if isinstance(part, str)), "")
+    return bool(_SECRET_KEY.search(key)) and key != "tokens"
+
+
+def _explain(err: Any, *, hide_input: bool = False) -> str:
     msg = str(err["msg"])
     if err["type"] == "extra_forbidden":
         return "unknown key (check its spelling; `deploy/gridsentry.example.yaml` lists every key)"
     if err["type"] == "missing":
         return "required key is missing"
+    if hide_input:
+        # Values from the environment and secret-looking keys are never echoed: this output goes to logs.
+        return f"{msg} (value not shown: it is a secret or comes from the environment)"
     if "input" in err and not isinstance(err["input"], dict | list):
         return f"{msg} (got {err['input']!r})"
     return msg

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -12,6 +13,58 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+# X3: the suite's secrets are sentinels; at the end no log line, captured output or service log may contain one.
+SENTINELS = {
+    "broker password": "SENTINEL-mqtt-pw-7f3a9c",
+    "API token": "gst_SENTINEL-api-token-5b1e42",
+    "webhook token": "SENTINEL-webhook-hmac-91d2",
+    "SMTP password": "SENTINEL-smtp-pw-c44f",
+}
+
+
+class _EverythingLogged(logging.Handler):
+    """Keeps every formatted log record of the session (with tracebacks) for the sentinel scan."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+        self.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.lines.append(self.format(record))
+        except Exception:  # a record that cannot be formatted is not our concern here
+            self.lines.append(str(record.msg))
+
+
+_SESSION_LOG = _EverythingLogged()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    root = logging.getLogger()
+    root.addHandler(_SESSION_LOG)
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
+
+
+def sentinel_leaks(text: str) -> list[str]:
+    return [what for what, value in SENTINELS.items() if value in text]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    leaks = [(line, sentinel_leaks(line)) for line in _SESSION_LOG.lines if sentinel_leaks(line)]
+    basetemp = session.config._tmp_path_factory.getbasetemp() if hasattr(session.config, "_tmp_path_factory") else None  # type: ignore[attr-defined]
+    if basetemp is not None and basetemp.exists():
+        for path in basetemp.rglob("*.log"):
+            text = path.read_text(encoding="utf-8", errors="replace")
+            if sentinel_leaks(text):
+                leaks.append((f"{path}", sentinel_leaks(text)))
+    if leaks:
+        for where, what in leaks[:20]:
+            print(f"\nX3: secret ({', '.join(what)}) leaked into: {where[:300]}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
 
 MOSQUITTO_CANDIDATES = ("mosquitto", "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 

@@ -37,6 +37,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from tests.conftest import SENTINELS
+
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 DEPLOY = REPO / "deploy"
@@ -389,7 +391,7 @@ class _Client:
 def shipped_broker() -> Iterator[tuple[int, Path, Path]]:
     """Debian's mosquitto on deploy/mosquitto.conf, with only paths and the port rewritten.
 
-    Yields (port, state directory, log file). Accounts: gridsentry/collector-pw and
+    Yields (port, state directory, log file). Accounts: gridsentry/SENTINEL-mqtt-pw-7f3a9c and
     ev-dc-0001/device-pw, made with the real mosquitto_passwd.
     """
     _require(MOSQUITTO, "mosquitto")
@@ -403,7 +405,10 @@ def shipped_broker() -> Iterator[tuple[int, Path, Path]]:
         passwd = root / "passwd"
         acl = root / "mosquitto.acl"
         shutil.copyfile(MOSQUITTO_ACL, acl)
-        for args in (["-c", str(passwd), "gridsentry", "collector-pw"], [str(passwd), "ev-dc-0001", "device-pw"]):
+        for args in (
+            ["-c", str(passwd), "gridsentry", SENTINELS["broker password"]],
+            [str(passwd), "ev-dc-0001", "device-pw"],
+        ):
             subprocess.run([str(MOSQUITTO_PASSWD), "-b", *args], check=True, capture_output=True, timeout=30)
         port = _free_port()
         rewrites = {
@@ -468,7 +473,7 @@ def test_real_mosquitto_enforces_accounts_and_acl(shipped_broker: tuple[int, Pat
         anonymous.close()
         wrong.close()
 
-    collector = _Client(port, "gridsentry-collector", "gridsentry", "collector-pw")
+    collector = _Client(port, "gridsentry-collector", "gridsentry", SENTINELS["broker password"])
     device = _Client(port, "ev-dc-0001", "ev-dc-0001", "device-pw")
     try:
         assert not collector.refused
@@ -694,7 +699,7 @@ async def test_gridsentry_ingests_through_the_shipped_broker_with_its_account(
     cfg = Config(
         data_dir=tmp_path / "data",
         http=HttpConfig(port=0),
-        mqtt=MqttConfig(port=port, username="gridsentry", password="collector-pw"),  # type: ignore[arg-type]
+        mqtt=MqttConfig(port=port, username="gridsentry", password=SENTINELS["broker password"]),  # type: ignore[arg-type]
         devices=[DeviceConfig(id="ev-dc-0001", site="s1", kind="charger_dc")],
     )
     service = Service(cfg)
