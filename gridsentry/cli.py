@@ -24,6 +24,7 @@ from rich.logging import RichHandler
 from rich.panel import Panel
 from rich.table import Table
 
+from collector.modbus.cli import modbus_app
 from gridsentry import __version__
 from gridsentry.config import Config, ConfigError, example_yaml, load_config
 from gridsentry.service import RUNTIME_FILE, Service
@@ -36,6 +37,7 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Validate and inspect configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+app.add_typer(modbus_app, name="modbus")
 
 console = Console()
 err_console = Console(stderr=True)

@@ -163,6 +163,7 @@ def sunspec_inverter(unit: int = 1, base: int = SUNSPEC_BASE, serial: str = "SIM
         return physical
 
     device = SimulatedModbusDevice(register_map, value, unit)
+    device.not_implemented = {"transformer_temp_c", "other_temp_c", "vendor_state_code"}  # no such sensors
     raw = device.raw_overrides
     raw[(3, base)], raw[(3, base + 1)] = MARKER
     for m in models:

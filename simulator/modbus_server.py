@@ -77,13 +77,15 @@ class SimulatedModbusDevice:
         self.exception_at: set[tuple[int, int]] = set()  # (fc, protocol address) answering exception 02
         self.silent = False
         self.overrides: dict[str, float | int | str] = {}
-        self.raw_overrides: dict[tuple[int, int], int] = {}  # (fc, address) -> register, e.g. a sentinel
+        self.raw_overrides: dict[tuple[int, int], int] = {}  # (fc, address) -> register, e.g. a marker
+        self.not_implemented: set[str] = set()  # metrics served as their point's "not implemented" sentinel
         self.reads = 0
 
     def image(self, fc: int) -> dict[int, int]:
         """Current registers (fc 3/4) or bits (fc 1/2) by protocol address."""
         elapsed = time.monotonic() - self.t0
-        out: dict[int, int] = {}
+        # Fixed registers first (markers, headers, pads); the points' live values go on top.
+        out: dict[int, int] = {addr: word for (f, addr), word in self.raw_overrides.items() if f == fc}
         for p in self.map.points:
             if p.fc != fc:
                 continue
@@ -93,12 +95,13 @@ class SimulatedModbusDevice:
                 value = self.values(p.metric, elapsed)
             if p.type == "bit":
                 out[addr] = 1 if value else 0
+            elif p.metric in self.not_implemented and p.sentinel is not None:
+                n = p.register_count
+                for i in range(n):
+                    out[addr + i] = (p.sentinel >> (16 * (n - 1 - i))) & 0xFFFF
             else:
                 for i, word in enumerate(encode_point(p, value)):
                     out[addr + i] = word
-        for (f, addr), word in self.raw_overrides.items():
-            if f == fc:
-                out[addr] = word
         return out
 
     def sim_device(self) -> SimDevice:
