@@ -267,7 +267,10 @@ def parse_map(text: str, file: Path | None = None) -> RegisterMap:
                 loc = ("points", int(m.group(1)))
             if err["type"] == "extra_forbidden":
                 msg = "unknown key (check its spelling; docs/modbus.md lists every key)"
-            elif err["type"] == "literal_error" and "input" in err:
+            elif isinstance(err.get("input"), bool) and err["type"] == "string_type":
+                # YAML 1.1 reads OFF/ON/YES/NO as booleans: the classic trap in enumeration names.
+                msg = f"{msg} (YAML read it as {err['input']}: quote names like 'OFF', 'ON', 'NO')"
+            elif err["type"] in ("literal_error", "string_type", "int_type", "int_parsing") and "input" in err:
                 msg = f"{msg} (got {err['input']!r})"
             issues.append(MapIssue(file, nearest_line(lines, loc), dotted_path(loc), msg))
         raise MapError(issues) from None
