@@ -171,7 +171,8 @@ def _banner(run_: Any, startup_s: float) -> None:
     rows = [
         (
             "Site",
-            f"{cfg.sites[0].name}: {len(cfg.devices)} devices (4 AC 7 kW, 2 DC 120 kW dual-gun, 2 PV inverters, 1 box transformer)",
+            f"{cfg.sites[0].name}: {len(cfg.devices)} devices (4 AC 7 kW, 2 DC 120 kW dual-gun, 2 PV inverters, 1 box transformer)"
+            " over MQTT; 3 over Modbus",
         ),
         (
             "Injected fault",
@@ -179,6 +180,7 @@ def _banner(run_: Any, startup_s: float) -> None:
         ),
         ("MQTT broker", f"mqtt://127.0.0.1:{cfg.mqtt.port} ({run_.broker.kind})"),
         ("Topics", "gridsentry/<site>/<device>/telemetry and .../events"),
+        ("Modbus", "TX01-TC, TX01-MTR (shipped maps), INV-MB01 (SunSpec discovery), polled every 5 s on loopback"),
         ("", ""),
         ("HTTP API", f"{url}/docs"),
         ("Devices", f"{url}/api/devices"),

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from collector.modbus.maps import Point, RegisterMap, load_map_file, resolve_map
 from collector.modbus.sunspec import MARKER, ModelInfo, SunSpecDevice
-from simulator.modbus_server import SimulatedModbusDevice, encode_point, wave
+from simulator.modbus_server import SimulatedModbusDevice, SimulatedModbusServer, encode_point, wave
 
 Profile = dict[str, Callable[[float], float | int | str]]
 
@@ -181,3 +181,23 @@ def sunspec_inverter(unit: int = 1, base: int = SUNSPEC_BASE, serial: str = "SIM
         for a in range(m.address + 2, m.address + 2 + m.length):
             raw.setdefault((3, a), 0)
     return device
+
+
+#: The demo's Modbus devices: (device id, kind, map) - a box transformer's temperature controller and
+#: LV meter, and a SunSpec inverter found by discovery.
+DEMO_DEVICES = (
+    ("TX01-TC", "box_transformer", "box_transformer_tc"),
+    ("TX01-MTR", "meter", "box_transformer_meter"),
+    ("INV-MB01", "pv_inverter", "sunspec"),
+)
+
+
+async def start_demo_servers() -> list[tuple[str, str, str, SimulatedModbusServer]]:
+    """One loopback server per demo device: (device id, kind, map, running server)."""
+    out = []
+    for device_id, kind, map_name in DEMO_DEVICES:
+        device = sunspec_inverter() if map_name == "sunspec" else map_device(map_name)
+        server = SimulatedModbusServer([device])
+        await server.start()
+        out.append((device_id, kind, map_name, server))
+    return out
