@@ -24,6 +24,7 @@ from rich.logging import RichHandler
 from rich.panel import Panel
 from rich.table import Table
 
+from collector.modbus.cli import modbus_app
 from gridsentry import __version__
 from gridsentry.auth import hash_token, new_token, read_local_token
 from gridsentry.config import Config, ConfigError, example_yaml, load_config
@@ -37,6 +38,7 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Validate and inspect configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+app.add_typer(modbus_app, name="modbus")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -170,7 +172,8 @@ def _banner(run_: Any, startup_s: float) -> None:
     rows = [
         (
             "Site",
-            f"{cfg.sites[0].name}: {len(cfg.devices)} devices (4 AC 7 kW, 2 DC 120 kW dual-gun, 2 PV inverters, 1 box transformer)",
+            f"{cfg.sites[0].name}: {len(cfg.devices)} devices (4 AC 7 kW, 2 DC 120 kW dual-gun, 2 PV inverters, 1 box transformer)"
+            " over MQTT; 3 over Modbus",
         ),
         (
             "Injected fault",
@@ -178,6 +181,7 @@ def _banner(run_: Any, startup_s: float) -> None:
         ),
         ("MQTT broker", f"mqtt://127.0.0.1:{cfg.mqtt.port} ({run_.broker.kind})"),
         ("Topics", "gridsentry/<site>/<device>/telemetry and .../events"),
+        ("Modbus", "TX01-TC, TX01-MTR (shipped maps), INV-MB01 (SunSpec discovery), polled every 5 s on loopback"),
         ("", ""),
         ("HTTP API", f"{url}/api/openapi.json (every /api route needs a token)"),
         *[(f"Token: {role}", token) for role, token in run_.tokens.items()],

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from collector.mapping import FieldRule, unit_conversion
+from collector.modbus.settings import ModbusConfig, ModbusDeviceConfig, check_device_maps
 from collector.settings import MqttConfig
 from gridsentry.auth import AuthConfig
 from storage.yamlsource import Loc, dotted_path, load_yaml_with_lines, nearest_line
@@ -71,6 +72,9 @@ class DeviceConfig(_Model):
     commissioned: str | None = Field(None, description="Commissioning date, YYYY-MM-DD.")
     location: str | None = Field(None, description="Where on site, for the engineer sent there.")
     tags: list[str] = Field(default_factory=list, description="Free labels; rules can select by tag.")
+    modbus: ModbusDeviceConfig | None = Field(
+        None, description="Poll this device over Modbus (host, unit, map or sunspec, interval); see docs/modbus.md."
+    )
 
 
 class MetricConfig(_Model):
@@ -116,6 +120,9 @@ class Config(_Model):
         description="More MQTT brokers to collect from at the same time (each with its own client_id).",
     )
     storage: StorageConfig = Field(default_factory=StorageConfig)
+    modbus: ModbusConfig = Field(
+        default_factory=ModbusConfig, description="Modbus collection: map directories, commit pace, map reloads."
+    )
     rules: RulesConfig = Field(default_factory=RulesConfig)
     sites: list[SiteConfig] = Field(default_factory=list, description="The sites of the fleet.")
     devices: list[DeviceConfig] = Field(
@@ -152,6 +159,13 @@ class Config(_Model):
                     "the broker would disconnect one for the other; give each its own client_id"
                 )
             seen.add(key)
+        return self
+
+    @model_validator(mode="after")
+    def _check_modbus_maps(self) -> Config:
+        problems = check_device_maps([(d.id, d.modbus) for d in self.devices if d.modbus], self.modbus.map_dirs)
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     @property
@@ -354,6 +368,7 @@ _EXAMPLE_ITEMS: dict[str, list[dict[str, Any]]] = {
             "model": "ZGS11-630/10",
             "rated_kw": 630,
             "expected_interval_s": 10,
+            "modbus": {"host": "tx01-rtu.example.net", "unit": 1, "map": "box_transformer_tc", "interval_s": 10},
         },
         {
             "id": "DC01",

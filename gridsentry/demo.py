@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -22,12 +23,15 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from collector.modbus.settings import ModbusDeviceConfig
 from gridsentry.auth import ROLES, AuthConfig, TokenConfig, new_token
 from gridsentry.config import Config, DeviceConfig, HttpConfig, SiteConfig
 from gridsentry.service import Service
 from simulator.core import FleetSimulator
 from simulator.faults import FaultSpec
 from simulator.fleet import demo_fleet, demo_site
+from simulator.modbus_fleet import start_demo_servers
+from simulator.modbus_server import SimulatedModbusServer
 from simulator.publisher import MqttFleetPublisher, PublishStats
 
 log = logging.getLogger("gridsentry.demo")
@@ -224,6 +228,7 @@ class DemoRun:
     publisher_task: asyncio.Task[PublishStats]
     stop: asyncio.Event
     tokens: dict[str, str]
+    modbus_servers: list[SimulatedModbusServer] = dataclasses.field(default_factory=list)
 
     async def shutdown(self) -> PublishStats:
         self.stop.set()
@@ -236,6 +241,8 @@ class DemoRun:
         ):
             await asyncio.sleep(0.05)
         await self.service.stop()
+        for server in self.modbus_servers:
+            await server.stop()
         await self.broker.stop()
         return stats
 
@@ -257,12 +264,20 @@ async def start_demo(
     await b.start()
     log.info("MQTT broker %s on 127.0.0.1:%d", b.kind, mqtt_port)
     cfg = demo_config(data_dir, http_port, mqtt_port)
+    modbus = await start_demo_servers()  # Modbus devices polled over loopback, beside the MQTT fleet
+    for device_id, kind, map_name, server in modbus:
+        block = ModbusDeviceConfig(host="127.0.0.1", port=server.port, map=map_name, interval_s=5.0)
+        cfg.devices.append(
+            DeviceConfig(id=device_id, site=cfg.sites[0].id, kind=kind, expected_interval_s=5.0, modbus=block)
+        )
     if b.kind.startswith("amqtt"):
         cfg.mqtt.protocol = "3.1.1"
     service = Service(cfg)
     try:
         await service.start()
     except BaseException:
+        for *_rest, server in modbus:
+            await server.stop()
         await b.stop()
         raise
     if service.collector is not None:
@@ -273,4 +288,4 @@ async def start_demo(
     simulation = FleetSimulator(site, demo_fleet(site.id), seed=seed, faults=faults)
     publisher = MqttFleetPublisher(simulation, client_id="gridsentry-demo-fleet")
     task = asyncio.create_task(publisher.run("127.0.0.1", mqtt_port, speed=speed, stop=stop), name="simulator")
-    return DemoRun(service, b, publisher, task, stop, demo_tokens(cfg))
+    return DemoRun(service, b, publisher, task, stop, demo_tokens(cfg), [server for *_rest, server in modbus])

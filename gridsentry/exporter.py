@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from collector.modbus.metrics import modbus_metrics
 from gridsentry import __version__
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ class ServiceCollector(Collector):
         )
 
         yield from self._mqtt()
+        yield from modbus_metrics(s.modbus)
 
         c = CounterMetricFamily("gridsentry_ingest_readings", "Readings committed to storage", labels=["source"])
         for source, n in sorted(s.readings_committed.items()):

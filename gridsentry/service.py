@@ -28,6 +28,7 @@ import uvicorn
 
 from alerts.lifecycle import AlertLifecycle
 from collector.mapping import FieldMapper
+from collector.modbus.collector import ModbusCollector
 from collector.mqtt import CollectorStats, MqttCollector
 from collector.paho_client import PahoMqttCollector
 from collector.payloads import MetricLimits
@@ -59,6 +60,7 @@ class Service:
         self.collector_stats = CollectorStats()
         self.collector: MqttCollector | PahoMqttCollector | None = None  # the first broker's; `collectors` holds all
         self.collectors: list[MqttCollector | PahoMqttCollector] = []
+        self.modbus: ModbusCollector | None = None  # polls the devices that have a `modbus:` block
         self.known_devices: dict[str, DeviceInfo] = {}
         self.last_seen: dict[str, float] = {}
         self.readings_committed: Counter[str] = Counter()
@@ -114,6 +116,10 @@ class Service:
             name = f"mqtt-collector {broker.host}:{broker.port}"
             self._tasks.append(asyncio.create_task(collector.run(self._stop), name=name))
         self.collector = self.collectors[0] if self.collectors else None
+        modbus_devices = [(d.id, d.modbus) for d in cfg.devices if d.modbus is not None]
+        if modbus_devices:
+            self.modbus = ModbusCollector(cfg.modbus, modbus_devices, self.store, limits=limits)
+            self._tasks.append(asyncio.create_task(self.modbus.run(self._stop), name="modbus-collector"))
         self._tasks.append(asyncio.create_task(self._rules_loop(), name="rules"))
         if cfg.auth.local_token:
             write_local_token(cfg.data_dir, self.tokens)
