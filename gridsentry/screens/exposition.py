@@ -134,46 +134,51 @@ class FleetState:
 
 
 def family_table(families: Iterable[ReadingFamily]) -> pl.DataFrame:
-    rows = list(families)
+    """Per catalogue metric: the opening of its series lines (`name{`), its index label part and scale."""
+    # Sorted by family, then index (gun 1 before gun 2): the row number is the metric's rank in the output.
+    rows = sorted(families, key=lambda f: (f.family, int(f.index_value or 0), f.metric))
     return pl.DataFrame(
         {
+            "rank": list(range(len(rows))),
             "metric": [f.metric for f in rows],
             "family": [f.family for f in rows],
             "scale": [f.scale for f in rows],
-            "index_label": [f.index_label for f in rows],
             "index_value": [f.index_value for f in rows],
+            "index_part": [f',{f.index_label}="{f.index_value}"' if f.index_label else "" for f in rows],
         },
         schema={
+            "rank": pl.UInt64(),
             "metric": pl.String(),
             "family": pl.String(),
             "scale": pl.Float64(),
-            "index_label": pl.String(),
             "index_value": pl.String(),
+            "index_part": pl.String(),
         },
     )
 
 
-def _readings(state: FleetState) -> pl.DataFrame:
-    """Fresh readings joined with device and family: one row per exported series."""
+def _readings(state: FleetState, devices: pl.DataFrame) -> pl.DataFrame:
+    """Fresh readings joined with their device (labels, order) and family: one row per exported series."""
     cutoff = state.now - state.reading_max_age_s
     fams = family_table(state.families.values())
     return (
         state.latest.lazy()
         .filter(pl.col("ts").dt.epoch("us") >= int(cutoff * 1e6))
-        .join(state.devices.lazy().select("device_id", "site", "kind"), on="device_id", how="left")
+        .join(devices.lazy().select("device_id", "site", "kind", "labels", "order"), on="device_id", how="left")
         .join(fams.lazy(), on="metric", how="left")
         .with_columns(
-            pl.col("kind").fill_null("unknown"),
             pl.col("family").is_null().alias("uncatalogued"),
             pl.col("family").fill_null(UNCATALOGUED_FAMILY),
             (pl.col("value") * pl.col("scale").fill_null(1.0)).alias("value"),
+            # One integer to sort by (family, index, then site and device): far cheaper than four string keys.
+            (pl.col("rank").fill_null(0) * (1 << 32) + pl.col("order").fill_null(0).cast(pl.UInt64)).alias("sort_key"),
         )
         .collect()
     )
 
 
 def device_table(state: FleetState) -> pl.DataFrame:
-    """One row per device with its last-seen time, up flag, state and open alerts."""
+    """One row per device with its label text, last-seen time, up flag, state and open alerts."""
     seen = state.latest.lazy().group_by("device_id").agg(pl.col("ts").max().dt.epoch("us").alias("seen_us"))
     alarms = state.open_alerts.lazy().group_by("device_id").agg(pl.col("n").sum().alias("alerts_open"))
     return (
@@ -203,6 +208,8 @@ def device_table(state: FleetState) -> pl.DataFrame:
             .alias("state")
         )
         .sort("site", "device_id", nulls_last=True)
+        # Labels are escaped once per device, not once per series; `order` sorts series by site and device.
+        .with_columns(_labels(_DEV_LABELS).alias("labels"), pl.int_range(pl.len(), dtype=pl.UInt32).alias("order"))
         .collect()
     )
 
@@ -210,44 +217,46 @@ def device_table(state: FleetState) -> pl.DataFrame:
 _DEV_LABELS = (("site", pl.col("site")), ("kind", pl.col("kind")), ("device", pl.col("device_id")))
 
 
+def _family_lines(frame: pl.DataFrame, index_part: pl.Expr) -> pl.DataFrame:
+    # Catalogued series have unique sort keys; uncatalogued ones share rank 0 and are told apart by name.
+    keys = ["sort_key", "metric"] if frame["uncatalogued"].any() else ["sort_key"]
+    return (
+        frame.lazy()
+        .sort(keys)
+        .select(
+            "family",
+            pl.concat_str(
+                [
+                    pl.col("family"),
+                    pl.lit("{"),
+                    pl.col("labels"),
+                    index_part,
+                    pl.lit("} "),
+                    _value_text(pl.col("value")),
+                ]
+            ).alias("line"),
+        )
+        .group_by("family", maintain_order=True)
+        .agg(pl.col("line").str.join("\n"))
+        .collect()
+    )
+
+
 def render_fleet(state: FleetState) -> str:
     """The fleet families in the Prometheus text format (version 0.0.4)."""
     out: list[str] = []
-    readings = _readings(state)
-    if readings.height:
-        index_part = (
-            pl.when(pl.col("index_label").is_not_null())
-            .then(pl.concat_str([pl.lit(","), pl.col("index_label"), pl.lit('="'), pl.col("index_value"), pl.lit('"')]))
-            .when(pl.col("uncatalogued"))
-            .then(pl.concat_str([pl.lit(',metric="'), _esc(pl.col("metric")), pl.lit('"')]))
-            .otherwise(pl.lit(""))
-        )
-        lines = (
-            readings.lazy()
-            .sort("family", "site", "device_id", "index_value", "metric", nulls_last=True)
-            .select(
-                "family",
-                pl.concat_str(
-                    [
-                        pl.col("family"),
-                        pl.lit("{"),
-                        _labels(_DEV_LABELS),
-                        index_part,
-                        pl.lit("} "),
-                        _value_text(pl.col("value")),
-                    ]
-                ).alias("line"),
-            )
-            .group_by("family", maintain_order=True)
-            .agg(pl.col("line").str.join("\n"))
-            .collect()
-        )
-        help_of = {f.family: f.help for f in state.families.values()}
-        help_of[UNCATALOGUED_FAMILY] = UNCATALOGUED_DOC.help
+    devices = device_table(state)
+    readings = _readings(state, devices)
+    help_of = {f.family: f.help for f in state.families.values()}
+    help_of[UNCATALOGUED_FAMILY] = UNCATALOGUED_DOC.help
+    catalogued = readings.filter(~pl.col("uncatalogued"))
+    others = readings.filter(pl.col("uncatalogued"))
+    parts = [_family_lines(catalogued, pl.col("index_part"))] if catalogued.height else []
+    if others.height:
+        parts.append(_family_lines(others, pl.concat_str([pl.lit(',metric="'), _esc(pl.col("metric")), pl.lit('"')])))
+    for lines in parts:
         for family, body in lines.iter_rows():
             _emit(out, family, help_of.get(family, ""), body)
-
-    devices = device_table(state)
     if devices.height:
         out.extend(_device_families(devices, state))
     return "".join(out)
@@ -255,7 +264,7 @@ def render_fleet(state: FleetState) -> str:
 
 def _device_families(devices: pl.DataFrame, state: FleetState) -> Iterator[str]:
     docs = {d.name: d for d in DEVICE_FAMILIES}
-    prefix = _labels(_DEV_LABELS)
+    prefix = pl.col("labels")
 
     def family(name: str, frame: pl.DataFrame, value: pl.Expr, extra: pl.Expr | None = None) -> str:
         if frame.height == 0:
@@ -283,7 +292,7 @@ def _device_families(devices: pl.DataFrame, state: FleetState) -> Iterator[str]:
         pl.concat_str([pl.lit(',state="'), pl.col("one_state"), pl.lit('"')]),
     )
     per_class = (
-        devices.select("device_id", "site", "kind")
+        devices.select("device_id", "site", "kind", "labels")
         .join(state.open_alerts, on="device_id", how="inner")
         .sort("site", "device_id", "event_class", nulls_last=True)
     )
@@ -299,12 +308,10 @@ def _device_families(devices: pl.DataFrame, state: FleetState) -> Iterator[str]:
 
 def families(state: FleetState) -> Iterator[Metric]:
     """The same series as prometheus-client families (slow path: a baseline and a cross-check)."""
-    readings = _readings(state)
+    readings = _readings(state, device_table(state))
     by_family: dict[str, GaugeMetricFamily] = {}
     help_of = {f.family: f for f in state.families.values()}
-    for row in readings.sort("family", "site", "device_id", "index_value", "metric", nulls_last=True).iter_rows(
-        named=True
-    ):
+    for row in readings.sort("sort_key", "metric").iter_rows(named=True):
         name = row["family"]
         fam = by_family.get(name)
         if fam is None:
@@ -320,7 +327,7 @@ def families(state: FleetState) -> Iterator[Metric]:
         values = [row["site"] or "", row["kind"], row["device_id"]]
         if row["uncatalogued"]:
             values.append(row["metric"])
-        elif row["index_label"]:
+        elif row["index_value"] is not None:
             values.append(row["index_value"])
         fam.add_metric(values, row["value"])
     yield from by_family.values()

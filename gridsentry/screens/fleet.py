@@ -47,12 +47,16 @@ class ScreensView:
         self.last_render_seconds = 0.0
         self._alerts_lock = threading.Lock()
         self._alerts: tuple[float, pl.DataFrame] | None = None
+        self._devices: tuple[int, pl.DataFrame] | None = None
         self._render_lock = threading.Lock()
         self._rendered: tuple[int, int, str] | None = None  # (state version, second, text)
 
     # --- inputs ------------------------------------------------------------------------------------------
     def devices(self) -> pl.DataFrame:
-        """The ledger plus devices first seen in data (kind 'unknown')."""
+        """The ledger plus devices first seen in data (kind 'unknown'); rebuilt only when a device appears."""
+        known_count = len(self._service.known_devices)
+        if self._devices is not None and self._devices[0] == known_count:
+            return self._devices[1]
         configured = {d.id: d for d in self._service.cfg.devices}
         known = dict(self._service.known_devices)
         rows: dict[str, list[Any]] = {k: [] for k in DEVICE_SCHEMA}
@@ -64,7 +68,9 @@ class ScreensView:
             rows["kind"].append(d.kind if d else (info.kind if info else "unknown"))
             rows["expected_interval_s"].append(d.expected_interval_s if d else None)
             rows["rated_kw"].append(d.rated_kw if d else None)
-        return pl.DataFrame(rows, schema=DEVICE_SCHEMA)
+        frame = pl.DataFrame(rows, schema=DEVICE_SCHEMA)
+        self._devices = (known_count, frame)
+        return frame
 
     def open_alerts_detail(self) -> pl.DataFrame:
         """Open alerts with their deadlines; read at most once a second whoever asks (scrape, wall)."""
