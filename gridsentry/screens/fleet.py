@@ -181,14 +181,16 @@ class ScreensView:
                 "transformer_load_factor_max": peak(TRANSFORMER_FACTOR_METRIC),
                 "hot_spot_temp_c_max": peak(HOT_SPOT_METRIC),
             },
-            "alert_counts": self.alert_counts(),
+            "alert_counts": alert_counts(state.open_alerts),
         }
 
-    def alert_counts(self) -> dict[str, int]:
-        counts = dict.fromkeys(EVENT_CLASSES, 0)
-        for cls, n in self.open_alerts_detail().group_by("event_class").len().iter_rows():
-            counts[str(cls)] = int(n)
-        return counts
+
+def alert_counts(open_alerts: pl.DataFrame) -> dict[str, int]:
+    """Open alerts per event class, from the same snapshot as the tiles (so the two always agree)."""
+    counts = dict.fromkeys(EVENT_CLASSES, 0)
+    for cls, n in open_alerts.group_by("event_class").agg(pl.col("n").sum()).iter_rows():
+        counts[str(cls)] = int(n)
+    return counts
 
 
 class FleetCollector(Collector):

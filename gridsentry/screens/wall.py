@@ -73,7 +73,9 @@ def install_wall(app: FastAPI, service: Service) -> None:
         try:
             cur = con.execute(
                 f"SELECT {WALL_ALERT_COLUMNS} FROM alerts WHERE state IN ('firing', 'acknowledged') "
-                "ORDER BY alert_id DESC LIMIT ?",
+                # Most severe first, unacknowledged before acknowledged, newest first within that.
+                "ORDER BY CASE event_class WHEN 'I' THEN 1 WHEN 'II' THEN 2 WHEN 'III' THEN 3 ELSE 4 END, "
+                "state = 'acknowledged', alert_id DESC LIMIT ?",
                 [WALL_ALERT_LIMIT + 1],
             )
             cols = [d[0] for d in cur.description or []]
