@@ -18,12 +18,14 @@ import duckdb
 from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 
 from alerts.lifecycle import AlertStateError
 from gridsentry import __version__
 from gridsentry.auth import principal_of, require
+from gridsentry.exporter import render_metrics
+from gridsentry.screens.wall import install_wall
 from storage.sql import QueryRejectedError, QueryTimeoutError, run_read_query
 
 if TYPE_CHECKING:
@@ -140,7 +142,7 @@ def create_app(service: Service) -> FastAPI:
 
     @app.get("/metrics", tags=["health"], dependencies=[require("viewer", public="metrics")])
     def metrics() -> Response:
-        return Response(generate_latest(service.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(render_metrics(service), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/api/devices", tags=["fleet"], dependencies=[require("viewer")])
     def devices(site: str | None = None, kind: str | None = None) -> list[dict[str, Any]]:
@@ -243,6 +245,7 @@ def create_app(service: Service) -> FastAPI:
             seconds=res.seconds,
         )
 
+    install_wall(app, service)
     return app
 
 

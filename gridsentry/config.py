@@ -20,6 +20,7 @@ from collector.mapping import FieldRule, unit_conversion
 from collector.modbus.settings import ModbusConfig, ModbusDeviceConfig, check_device_maps
 from collector.settings import MqttConfig
 from gridsentry.auth import AuthConfig
+from gridsentry.screens.settings import ScreensConfig
 from storage.yamlsource import Loc, dotted_path, load_yaml_with_lines, nearest_line
 
 DeviceKind = Literal["charger_ac", "charger_dc", "pv_inverter", "pv_string", "box_transformer", "meter", "unknown"]
@@ -134,6 +135,10 @@ class Config(_Model):
     mappings: list[MappingConfig] = Field(
         default_factory=list,
         description="Per-device field mappings: rename vendor fields, convert units, scale raw values.",
+    )
+    screens: ScreensConfig = Field(
+        default_factory=ScreensConfig,
+        description="Monitoring-centre screens: fleet readings on /metrics and the built-in wall screen at /.",
     )
 
     @model_validator(mode="after")

@@ -11,14 +11,16 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from collector.modbus.metrics import modbus_metrics
 from gridsentry import __version__
+from gridsentry.screens.alerts import alert_families
 
 if TYPE_CHECKING:
     from gridsentry.service import Service
@@ -29,22 +31,43 @@ COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 
 
 
 class ServiceCollector(Collector):
+    """GridSentry's own health, one small function per stage; a new stage adds its function to `collect`."""
+
     def __init__(self, service: Service) -> None:
         self.s = service
 
     def collect(self) -> Iterator[Metric]:
-        s = self.s
-        st = s.collector_stats
+        for stage in (
+            self._build,
+            self._mqtt,
+            self._modbus,
+            self._ingest,
+            self._storage,
+            self._rules,
+            self._alerts,
+            self._screens,
+        ):
+            try:
+                yield from stage()
+            except Exception as exc:  # a scrape must never fail because one source did
+                log.warning("/metrics: the %s families are left out of this scrape: %s", stage.__name__[1:], exc)
+
+    def _build(self) -> Iterator[Metric]:
         info = InfoMetricFamily("gridsentry_build", "GridSentry version")
         info.add_metric([], {"version": __version__})
         yield info
         yield GaugeMetricFamily(
-            "gridsentry_start_time_seconds", "When this GridSentry started (Unix time)", value=s.started_at.timestamp()
+            "gridsentry_start_time_seconds",
+            "When this GridSentry started (Unix time)",
+            value=self.s.started_at.timestamp(),
         )
 
-        yield from self._mqtt()
-        yield from modbus_metrics(s.modbus)
+    def _modbus(self) -> Iterator[Metric]:
+        yield from modbus_metrics(self.s.modbus)
 
+    def _ingest(self) -> Iterator[Metric]:
+        s = self.s
+        st = s.collector_stats
         c = CounterMetricFamily("gridsentry_ingest_readings", "Readings committed to storage", labels=["source"])
         for source, n in sorted(s.readings_committed.items()):
             c.add_metric([source], n)
@@ -75,7 +98,8 @@ class ServiceCollector(Collector):
         c.add_metric([], s.duplicates_dropped)
         yield c
 
-        w = s.writer
+    def _storage(self) -> Iterator[Metric]:
+        w = self.s.writer
         yield GaugeMetricFamily(
             "gridsentry_storage_write_queue_depth", "Write jobs waiting for the single writer", value=w.queue_depth
         )
@@ -86,6 +110,8 @@ class ServiceCollector(Collector):
         c.add_metric([], w.commit_failures)
         yield c
 
+    def _rules(self) -> Iterator[Metric]:
+        s = self.s
         e = s.engine
         yield GaugeMetricFamily("gridsentry_rules_loaded", "Enabled rules loaded from packs", value=len(e.rules))
         yield GaugeMetricFamily(
@@ -110,31 +136,34 @@ class ServiceCollector(Collector):
         c.add_metric([], s.rule_errors)
         yield c
 
-        try:
-            open_counts = s.open_alert_counts()
-        except Exception as exc:  # a scrape must never fail because one source did
-            log.warning("could not count open alerts for /metrics: %s", exc)
-            open_counts = {}
-        g = GaugeMetricFamily(
-            "gridsentry_alerts_open", "Open alerts (firing or acknowledged) by event class", labels=["event_class"]
-        )
-        for cls, n in sorted(open_counts.items()):
-            g.add_metric([cls], n)
-        yield g
+    def _alerts(self) -> Iterator[Metric]:
+        s = self.s
         c = CounterMetricFamily("gridsentry_alerts_raised", "Alerts raised since start", labels=[])
         c.add_metric([], s.alerts.raised)
         yield c
-
-        g = GaugeMetricFamily(
-            "gridsentry_device_last_seen_timestamp_seconds",
-            "Timestamp of the newest committed reading per device",
-            labels=["device_id", "site", "kind"],
+        c = CounterMetricFamily(
+            "gridsentry_alerts_resolved", "Alerts resolved (condition cleared) since start", labels=[]
         )
-        now = time.time()
-        for dev, ts in sorted(s.last_seen.items()):
-            d = s.known_devices.get(dev)
-            g.add_metric([dev, (d.site if d else None) or "", d.kind if d else "unknown"], min(ts, now))
-        yield g
+        c.add_metric([], s.alerts.resolved)
+        yield c
+        yield from alert_families(s.screens.open_alerts_detail(), time.time())
+
+    def _screens(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "gridsentry_scrape_fleet_series",
+            "Fleet series (readings and device states) served on the last scrape",
+            value=self.s.screens.series_served,
+        )
+        yield GaugeMetricFamily(
+            "gridsentry_scrape_fleet_render_seconds",
+            "Time to render the fleet families on the last scrape",
+            value=self.s.screens.last_render_seconds,
+        )
+        yield GaugeMetricFamily(
+            "gridsentry_latest_series",
+            "Device x metric pairs held in the latest-values state",
+            value=self.s.screens.series_held,
+        )
 
     def _mqtt(self) -> Iterator[Metric]:
         """Per-broker collector health, labelled `broker` (host:port)."""
@@ -179,7 +208,16 @@ class ServiceCollector(Collector):
         yield from (received, acked, connected, failures, stalls, pending, gaps, missing)
 
 
-def build_registry(service: Service) -> tuple[CollectorRegistry, Histogram]:
+@dataclass(frozen=True)
+class Instruments:
+    """The service's registry and the histograms its stages observe into."""
+
+    registry: CollectorRegistry
+    commit_seconds: Histogram
+    rule_evaluation_seconds: Histogram
+
+
+def build_registry(service: Service) -> Instruments:
     """A private registry per service (tests run several services in one process)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ServiceCollector(service))
@@ -189,4 +227,15 @@ def build_registry(service: Service) -> tuple[CollectorRegistry, Histogram]:
         buckets=COMMIT_BUCKETS,
         registry=registry,
     )
-    return registry, commit_seconds
+    rule_evaluation_seconds = Histogram(
+        "gridsentry_rules_evaluation_seconds",
+        "Time to evaluate every rule over one tick's committed readings",
+        buckets=COMMIT_BUCKETS,
+        registry=registry,
+    )
+    return Instruments(registry, commit_seconds, rule_evaluation_seconds)
+
+
+def render_metrics(service: Service) -> bytes:
+    """The whole /metrics body: health families from the registry, then the fleet (rendered column-wise)."""
+    return generate_latest(service.registry) + service.screens.render_fleet().encode()

@@ -35,6 +35,7 @@ from collector.payloads import MetricLimits
 from gridsentry.auth import TokenStore, write_local_token
 from gridsentry.config import Config, ConfigError, ConfigIssue, field_rules, metric_catalogue
 from gridsentry.exporter import build_registry
+from gridsentry.screens.fleet import ScreensView
 from rules.engine import DeviceInfo, RuleEngine
 from rules.loader import LoadedRules, builtin_pack_files, load_packs
 from storage.batch import DeadLetter, IngestBatch, dead_letters_table
@@ -81,8 +82,10 @@ class Service:
             raise ConfigError(None, [ConfigIssue("auth.tokens", None, str(exc))]) from exc
         self.audit_failures = 0
         self.app: Any = None  # the FastAPI app, once the HTTP server starts
-        self.registry, commit_seconds = build_registry(self)
-        self.writer.on_commit = lambda result: commit_seconds.observe(result.seconds)
+        self.screens = ScreensView(self, cfg.screens)
+        self.instruments = build_registry(self)
+        self.registry = self.instruments.registry
+        self.writer.on_commit = lambda result: self.instruments.commit_seconds.observe(result.seconds)
 
     # --- start / stop ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -222,6 +225,7 @@ class Service:
         self.events_committed += result.events
         self.dead_letters_committed += result.dead_letters
         if batch.reading_count:
+            self.screens.latest.update(batch.readings)
             grouped = batch.readings.group_by("device_id").aggregate([("ts", "max")])
             for dev, ts in zip(grouped["device_id"].to_pylist(), grouped["ts_max"].to_pylist(), strict=True):
                 self.last_seen[dev] = ts.timestamp()
@@ -269,6 +273,7 @@ class Service:
         readings = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
         try:
             findings = await asyncio.to_thread(self.engine.evaluate, readings)
+            self.instruments.rule_evaluation_seconds.observe(self.engine.last_eval_seconds)
             await self.alerts.apply(findings)
         except Exception:
             self.rule_errors += 1

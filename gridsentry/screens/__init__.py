@@ -1,0 +1,1 @@
+"""Monitoring-centre screens: the latest-values state, Prometheus exposition of the fleet, the wall screen."""

@@ -1,0 +1,73 @@
+"""The latest reading per (device, metric), fed with committed batches and read by /metrics and the wall.
+
+`update` runs on the event loop after every commit, so it only appends the batch (no per-reading work).
+Pending batches are folded into one Polars frame when somebody reads (a scrape, the wall screen) or when
+they pile up, so the cost of keeping the state follows the scrape rate, not the ingest rate; Polars does
+the folding without holding the GIL, so ingest keeps running meanwhile.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import polars as pl
+import pyarrow as pa
+
+LATEST_SCHEMA = pl.Schema(
+    {
+        "device_id": pl.String(),
+        "metric": pl.String(),
+        "ts": pl.Datetime("us", "UTC"),
+        "value": pl.Float64(),
+        "quality": pl.UInt8(),
+    }
+)
+_COLUMNS = list(LATEST_SCHEMA)
+
+
+class LatestValues:
+    """Newest value per device and metric; out-of-order readings never replace a newer one."""
+
+    def __init__(self, fold_after_rows: int = 1_000_000) -> None:
+        self._fold_after_rows = fold_after_rows
+        self._lock = threading.Lock()  # guards _pending and _frame
+        self._fold_lock = threading.Lock()  # one fold at a time; readers of the old frame never wait
+        self._frame = pl.DataFrame(schema=LATEST_SCHEMA)
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+        self.version = 0
+
+    def update(self, readings: pa.Table) -> None:
+        """Take a committed batch (columns ts, device_id, metric, value, quality)."""
+        if readings.num_rows == 0:
+            return
+        with self._lock:
+            self._pending.append(readings.select(_COLUMNS))
+            self._pending_rows += readings.num_rows
+            self.version += 1
+            fold_now = self._pending_rows >= self._fold_after_rows
+        if fold_now:
+            self.snapshot()
+
+    def snapshot(self) -> pl.DataFrame:
+        """The current state: one row per (device_id, metric)."""
+        with self._fold_lock:
+            with self._lock:
+                pending, self._pending, self._pending_rows = self._pending, [], 0
+                frame = self._frame
+            if not pending:
+                return frame
+            fresh = pl.DataFrame(pa.concat_tables(pending, promote_options="permissive")).cast(LATEST_SCHEMA)
+            # Stable sort by time, then keep the last row per key: the newest reading wins and, at equal
+            # timestamps, the one committed last.
+            merged = (
+                pl.concat([frame, fresh])
+                .sort("ts", maintain_order=True)
+                .unique(subset=["device_id", "metric"], keep="last", maintain_order=False)
+            )
+            with self._lock:
+                self._frame = merged
+            return merged
+
+    def __len__(self) -> int:
+        return self.snapshot().height

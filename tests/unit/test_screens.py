@@ -1,0 +1,221 @@
+"""The screens' state and exposition: latest values, Prometheus naming, column-wise rendering, SLA families."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from datetime import UTC, datetime, timedelta
+
+import polars as pl
+import pyarrow as pa
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gridsentry.config import Config, metric_catalogue
+from gridsentry.screens.alerts import OPEN_ALERTS_SCHEMA, alert_families
+from gridsentry.screens.exposition import DEVICE_SCHEMA, FleetState, families, render_fleet
+from gridsentry.screens.latest import LatestValues
+from gridsentry.screens.naming import UNCATALOGUED_FAMILY, reading_families
+
+NOW = 1_800_000_000.0
+
+
+def readings(rows: list[tuple[float, str, str, float]]) -> pa.Table:
+    return pa.table(
+        {
+            "ts": pa.array([int(r[0] * 1e6) for r in rows], pa.timestamp("us", tz="UTC")),
+            "device_id": [r[1] for r in rows],
+            "metric": [r[2] for r in rows],
+            "value": pa.array([r[3] for r in rows], pa.float64()),
+            "quality": pa.array([0] * len(rows), pa.uint8()),
+        }
+    )
+
+
+def catalogue_families():
+    cat = metric_catalogue(Config())
+    return reading_families((m.name, m.unit, m.description) for m in cat.values())
+
+
+def fleet_state(latest: pl.DataFrame, devices: list[tuple], open_alerts: list[tuple] = (), now: float = NOW):
+    return FleetState(
+        latest=latest,
+        devices=pl.DataFrame(devices, schema=DEVICE_SCHEMA, orient="row"),
+        open_alerts=pl.DataFrame(
+            list(open_alerts), schema={"device_id": pl.String, "event_class": pl.String, "n": pl.Int64}, orient="row"
+        ),
+        families=catalogue_families(),
+        now=now,
+        reading_max_age_s=900,
+        offline_after_intervals=3,
+    )
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
+
+
+def test_latest_values_keep_the_newest_reading_whatever_the_commit_order():
+    lv = LatestValues()
+    lv.update(readings([(NOW, "DC01", "gun1_temp_c", 40.0), (NOW, "DC01", "gun2_temp_c", 41.0)]))
+    lv.update(readings([(NOW - 60, "DC01", "gun1_temp_c", 99.0)]))  # late, older: must not win
+    lv.update(readings([(NOW + 1, "DC01", "gun2_temp_c", 42.0), (NOW + 1, "DC01", "gun2_temp_c", 43.0)]))
+    snap = lv.snapshot().sort("metric")
+    assert snap.select("metric", "value").rows() == [("gun1_temp_c", 40.0), ("gun2_temp_c", 43.0)]
+    assert len(lv) == 2 and lv.version == 3
+    lv.update(readings([]))
+    assert lv.version == 3
+
+
+def test_latest_values_fold_by_themselves_when_batches_pile_up():
+    lv = LatestValues(fold_after_rows=10)
+    for i in range(30):
+        lv.update(readings([(NOW + i, f"D{i % 3}", "power_kw", float(i))]))
+    assert lv._pending_rows < 10
+    assert sorted(lv.snapshot().select("device_id", "value").rows()) == [("D0", 27.0), ("D1", 28.0), ("D2", 29.0)]
+
+
+def test_catalogue_metrics_map_to_base_units_with_numbered_parts_as_labels():
+    fams = catalogue_families()
+    gun = fams["gun2_power_kw"]
+    assert (gun.family, gun.index_label, gun.index_value, gun.scale) == (
+        "gridsentry_reading_gun_power_watts",
+        "gun",
+        "2",
+        1000.0,
+    )
+    assert fams["energy_kwh"].family == "gridsentry_reading_energy_joules" and fams["energy_kwh"].scale == 3.6e6
+    assert fams["top_oil_temp_c"].family == "gridsentry_reading_top_oil_temp_celsius"
+    assert fams["gun1_soc_pct"].scale == 0.01 and fams["gun1_soc_pct"].family.endswith("_ratio")
+    assert fams["string7_current_a"].labels == ("site", "kind", "device", "string")
+    # Two entries landing on one family and label set fall back to their own full names.
+    clash = reading_families([("power_kw", "kW", "AC power"), ("power_w", "W", "AC power in watts")])
+    assert clash["power_kw"].family == "gridsentry_reading_power_watts"
+    assert clash["power_w"].family == "gridsentry_reading_power_w_watts"
+
+
+def test_fleet_exposition_matches_prometheus_client_and_escapes_labels():
+    lv = LatestValues()
+    odd = 'odd"dev\\ice\nid'
+    lv.update(
+        readings(
+            [
+                (NOW - 5, "DC01", "gun1_power_kw", 60.5),
+                (NOW - 5, "DC01", "gun2_power_kw", 0.0),
+                (NOW - 5, "TX01", "top_oil_temp_c", 71.25),
+                (NOW - 5, "TX01", "vendor_specific_x", 1e-7),
+                (NOW - 5, odd, "power_kw", 7.0),
+                (NOW - 3600, "INV01", "ac_power_kw", 50.0),  # older than reading_max_age_s: left out
+            ]
+        )
+    )
+    state = fleet_state(
+        lv.snapshot(),
+        [
+            ("DC01", "hub-1", "charger_dc", 10.0, 120.0),
+            ("TX01", "hub-1", "box_transformer", 10.0, 630.0),
+            ("INV01", "hub-1", "pv_inverter", 10.0, None),
+            ("AC09", "hub-2", "charger_ac", 10.0, 7.0),  # in the ledger, never reported
+        ],
+        open_alerts=[("DC01", "I", 1)],
+    )
+    text = render_fleet(state)
+    fast = samples(text)
+    registry = CollectorRegistry()
+    registry.register(type("C", (), {"collect": lambda self: families(state)})())
+    slow = samples(generate_latest(registry).decode())
+    for key, value in slow.items():
+        assert fast[key] == pytest.approx(value), key
+    dc = (("device", "DC01"), ("gun", "1"), ("kind", "charger_dc"), ("site", "hub-1"))
+    assert fast[("gridsentry_reading_gun_power_watts", dc)] == 60500.0
+    assert (
+        fast[
+            (
+                "gridsentry_reading_value",
+                (("device", "TX01"), ("kind", "box_transformer"), ("metric", "vendor_specific_x"), ("site", "hub-1")),
+            )
+        ]
+        == 1e-7
+    )
+    assert fast[("gridsentry_reading_power_watts", (("device", odd), ("kind", "unknown"), ("site", "")))] == 7000.0
+    assert not any(name == "gridsentry_reading_ac_power_watts" for name, _ in fast)
+    states = {
+        dict(k[1])["device"]: dict(k[1])["state"]
+        for k, v in fast.items()
+        if k[0] == "gridsentry_device_state" and v == 1
+    }
+    assert states == {"DC01": "alarm", "TX01": "online", "INV01": "offline", "AC09": "never_seen", odd: "online"}
+    assert (
+        fast[
+            (
+                "gridsentry_device_rated_power_watts",
+                (("device", "TX01"), ("kind", "box_transformer"), ("site", "hub-1")),
+            )
+        ]
+        == 630_000.0
+    )
+    assert (
+        fast[
+            (
+                "gridsentry_device_last_seen_age_seconds",
+                (("device", "INV01"), ("kind", "pv_inverter"), ("site", "hub-1")),
+            )
+        ]
+        == 3600.0
+    )
+    assert UNCATALOGUED_FAMILY in text
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: `make test` installs it (apt-get install prometheus)"
+    check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
+    assert check.returncode == 0 and not (check.stdout + check.stderr).strip(), check.stdout + check.stderr
+
+
+def test_sla_families_count_breaches_and_expose_pending_deadlines():
+    raised = datetime.fromtimestamp(NOW, UTC) - timedelta(minutes=10)
+
+    def alert(i, cls, state, acked_after_min=None, restore_h=12):
+        return {
+            "alert_id": i,
+            "event_class": cls,
+            "state": state,
+            "device_id": f"D{i}",
+            "site": "hub-1",
+            "title": "t",
+            "ack_due": raised + timedelta(minutes=5),
+            "onsite_due": raised + timedelta(hours=2),
+            "restore_due": raised + timedelta(hours=restore_h),
+            "acknowledged_at": None if acked_after_min is None else raised + timedelta(minutes=acked_after_min),
+        }
+
+    frame = pl.DataFrame(
+        [
+            alert(1, "I", "firing"),  # not acknowledged 10 min in: ack breach
+            alert(2, "I", "acknowledged", acked_after_min=2),  # acknowledged in time
+            alert(3, "II", "acknowledged", acked_after_min=7),  # acknowledged late: still a breach
+            alert(4, "III", "firing", restore_h=0.1),  # 6 min restore budget: overdue
+        ],
+        schema=OPEN_ALERTS_SCHEMA,
+    )
+    got = {}
+    for fam in alert_families(frame, NOW):
+        for s in fam.samples:
+            got[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    assert got[("gridsentry_alerts_open", (("event_class", "I"),))] == 2
+    assert got[("gridsentry_alerts_unacknowledged", (("event_class", "I"),))] == 1
+    assert got[("gridsentry_alerts_sla_breached", (("deadline", "ack"), ("event_class", "I")))] == 1
+    assert got[("gridsentry_alerts_sla_breached", (("deadline", "ack"), ("event_class", "II")))] == 1
+    assert got[("gridsentry_alerts_sla_breached", (("deadline", "ack"), ("event_class", "III")))] == 1
+    assert got[("gridsentry_alerts_sla_breached", (("deadline", "restore"), ("event_class", "III")))] == 1
+    assert got[("gridsentry_alerts_sla_breached", (("deadline", "restore"), ("event_class", "I")))] == 0
+    deadlines = {
+        (dict(k[1])["alert_id"], dict(k[1])["deadline"])
+        for k in got
+        if k[0] == "gridsentry_alert_deadline_timestamp_seconds"
+    }
+    # An acknowledged alert has no acknowledgement deadline left to count down to.
+    assert ("2", "ack") not in deadlines and ("1", "ack") in deadlines and ("2", "restore") in deadlines
