@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from collector.mapping import FieldRule, unit_conversion
 from collector.settings import MqttConfig
 from gridsentry.auth import AuthConfig
+from storage.settings import HistoryConfig
 from storage.yamlsource import Loc, dotted_path, load_yaml_with_lines, nearest_line
 
 DeviceKind = Literal["charger_ac", "charger_dc", "pv_inverter", "pv_string", "box_transformer", "meter", "unknown"]
@@ -117,6 +118,10 @@ class Config(_Model):
     )
     storage: StorageConfig = Field(default_factory=StorageConfig)
     rules: RulesConfig = Field(default_factory=RulesConfig)
+    history: HistoryConfig = Field(
+        default_factory=HistoryConfig,
+        description="History: rollups, Parquet archive, retention per table, engineers' SQL limits, backups.",
+    )
     sites: list[SiteConfig] = Field(default_factory=list, description="The sites of the fleet.")
     devices: list[DeviceConfig] = Field(
         default_factory=list, description="The device ledger: every device, its site, kind and topology."

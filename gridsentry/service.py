@@ -37,6 +37,7 @@ from gridsentry.exporter import build_registry
 from rules.engine import DeviceInfo, RuleEngine
 from rules.loader import LoadedRules, builtin_pack_files, load_packs
 from storage.batch import DeadLetter, IngestBatch, dead_letters_table
+from storage.history import HistoryJobs
 from storage.ledger import register_unknown_devices, sync_ledger
 from storage.writer import CommitResult, StorageWriter
 
@@ -50,8 +51,13 @@ class Service:
         self.cfg = cfg
         self.started_at = datetime.now(UTC)
         self.writer = StorageWriter(
-            cfg.database_path, memory_limit=cfg.storage.memory_limit, threads=cfg.storage.threads
+            cfg.database_path,
+            memory_limit=cfg.storage.memory_limit,
+            threads=cfg.storage.threads,
+            allowed_directories=[cfg.history.archive_path(cfg.data_dir), cfg.history.backup_path(cfg.data_dir)],
+            lock_configuration=cfg.history.sql.lock_configuration,
         )
+        self.history = HistoryJobs(self.writer, cfg.history, cfg.data_dir)
         self.catalogue = metric_catalogue(cfg)
         self.loaded_rules: LoadedRules = LoadedRules()
         self.engine = RuleEngine([])
@@ -88,6 +94,7 @@ class Service:
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(self.writer.start)
         log.info("database %s open (schema up to date)", cfg.database_path)
+        await self.history.startup()
         await self.writer.run(
             lambda con: sync_ledger(
                 con,
@@ -115,6 +122,7 @@ class Service:
             self._tasks.append(asyncio.create_task(collector.run(self._stop), name=name))
         self.collector = self.collectors[0] if self.collectors else None
         self._tasks.append(asyncio.create_task(self._rules_loop(), name="rules"))
+        self._tasks.append(asyncio.create_task(self.history.run(self._stop), name="history"))
         if cfg.auth.local_token:
             write_local_token(cfg.data_dir, self.tokens)
         if not self.tokens:
