@@ -39,6 +39,7 @@ from rules.loader import LoadedRules, builtin_pack_files, load_packs
 from storage.batch import DeadLetter, IngestBatch, dead_letters_table
 from storage.history import HistoryJobs
 from storage.ledger import register_unknown_devices, sync_ledger
+from storage.sql import QueryRunner
 from storage.writer import CommitResult, StorageWriter
 
 log = logging.getLogger("gridsentry")
@@ -58,6 +59,7 @@ class Service:
             lock_configuration=cfg.history.sql.lock_configuration,
         )
         self.history = HistoryJobs(self.writer, cfg.history, cfg.data_dir)
+        self.sql = QueryRunner(self.writer.reader, concurrent=cfg.history.sql.concurrent, nice=cfg.history.sql.nice)
         self.catalogue = metric_catalogue(cfg)
         self.loaded_rules: LoadedRules = LoadedRules()
         self.engine = RuleEngine([])
@@ -148,6 +150,7 @@ class Service:
                 if not t.cancelled() and t.exception() is not None:
                     log.error("stage %s had failed: %s", t.get_name(), t.exception())
         await self._drain_rules()
+        self.sql.close()
         await asyncio.to_thread(self.writer.close)
         with contextlib.suppress(FileNotFoundError):
             (self.cfg.data_dir / RUNTIME_FILE).unlink()

@@ -25,6 +25,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,6 +37,13 @@ from storage.schema import LATEST_VERSION, migrate
 log = logging.getLogger(__name__)
 
 BackupKind = Literal["full", "incremental"]
+
+
+class BackupKindEnum(StrEnum):
+    full = "full"
+    incremental = "incremental"
+
+
 MANIFEST = "manifest.json"
 DATABASE = "database.duckdb"
 COUNTED_TABLES = (
