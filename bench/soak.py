@@ -182,6 +182,7 @@ async def soak(fleet: Fleet, args: argparse.Namespace, tmp: Path) -> dict[str, A
         cfg = Config(data_dir=tmp / "gridsentry", log_level="WARNING")
         cfg.mqtt.port = broker.port
         cfg.mqtt.client_id = "bench-collector"
+        cfg.history.sql.lock_configuration = False  # the final check lifts the memory limit (below)
         apply_collector_args(cfg, args)
         cfg.http.port = 0
         cfg.devices = [

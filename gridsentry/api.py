@@ -23,10 +23,10 @@ from pydantic import BaseModel, Field
 
 from alerts.lifecycle import AlertStateError
 from gridsentry import __version__
+from gridsentry.api_history import add_history_routes
 from gridsentry.auth import principal_of, require
 from gridsentry.exporter import render_metrics
 from gridsentry.screens.wall import install_wall
-from storage.sql import QueryRejectedError, QueryTimeoutError, run_read_query
 
 if TYPE_CHECKING:
     from gridsentry.service import Service
@@ -40,20 +40,6 @@ ALERT_COLUMNS = (
     "runbook, fired_at, created_at, updated_at, fire_count, acknowledged_at, acknowledged_by, assignee, "
     "resolved_at, closed_at, ack_due, onsite_due, restore_due"
 )
-
-
-class SqlRequest(BaseModel):
-    query: str = Field(description="One read statement: SELECT, WITH, EXPLAIN, DESCRIBE or SUMMARIZE.")
-    max_rows: int = Field(10_000, ge=1, le=1_000_000)
-    timeout_s: float = Field(30.0, gt=0, le=600)
-
-
-class SqlResponse(BaseModel):
-    columns: list[str]
-    types: list[str]
-    rows: list[list[Any]]
-    truncated: bool
-    seconds: float
 
 
 class AlertAction(BaseModel):
@@ -222,42 +208,7 @@ def create_app(service: Service) -> FastAPI:
         """Close an alert after the fault is cleared on site."""
         return await _act(request, alert_id, body, "close")
 
-    @app.post("/api/sql", tags=["history"], response_model=SqlResponse, dependencies=[require("engineer")])
-    def sql(request: Request, body: SqlRequest) -> SqlResponse:
-        """Run one read-only statement against the live database."""
-        request.state.audit_detail = body.query
-        con = reader()
-        try:
-            res = run_read_query(con, body.query, timeout_s=body.timeout_s, max_rows=body.max_rows)
-        except QueryRejectedError as exc:
-            raise HTTPException(400, str(exc)) from exc
-        except QueryTimeoutError as exc:
-            raise HTTPException(408, str(exc)) from exc
-        except duckdb.Error as exc:
-            raise HTTPException(400, f"the query failed: {exc}") from exc
-        finally:
-            con.close()
-        return SqlResponse(
-            columns=res.columns,
-            types=res.types,
-            rows=[[_jsonable(v) for v in r] for r in res.rows],
-            truncated=res.truncated,
-            seconds=res.seconds,
-        )
+    add_history_routes(app, service)
 
     install_wall(app, service)
     return app
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, datetime):
-        return v.isoformat()
-    if isinstance(v, bytes | bytearray):
-        return v.hex()
-    if isinstance(v, int | float | str | bool) or v is None:
-        return v
-    if isinstance(v, list | tuple):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    return str(v)

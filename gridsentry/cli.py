@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import io
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ from typing import Annotated, Any
 import duckdb
 import httpx
 import orjson
+import pyarrow.parquet as pq
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
@@ -27,9 +29,17 @@ from rich.table import Table
 from collector.modbus.cli import modbus_app
 from gridsentry import __version__
 from gridsentry.auth import hash_token, new_token, read_local_token
+from gridsentry.cli_db import db_app
 from gridsentry.config import Config, ConfigError, example_yaml, load_config
 from gridsentry.service import RUNTIME_FILE, Service
-from storage.sql import QueryRejectedError, QueryResult, QueryTimeoutError, run_read_query
+from storage.sql import (
+    QueryRejectedError,
+    QueryResult,
+    QueryTimeoutError,
+    result_as_csv,
+    result_as_parquet,
+    run_read_query,
+)
 
 app = typer.Typer(
     help="GridSentry: streaming telemetry monitor for EV-charging, PV and box-transformer fleets.",
@@ -39,6 +49,7 @@ app = typer.Typer(
 config_app = typer.Typer(help="Validate and inspect configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(modbus_app, name="modbus")
+app.add_typer(db_app, name="db")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -224,11 +235,20 @@ class OutputFormat(StrEnum):
     table = "table"
     csv = "csv"
     json = "json"
+    parquet = "parquet"
+
+
+SQL_HISTORY_FILE = Path("~/.gridsentry_sql_history")
 
 
 @app.command()
 def sql(
-    query: Annotated[str, typer.Argument(help="One read statement: SELECT, WITH, EXPLAIN, DESCRIBE, SUMMARIZE.")],
+    query: Annotated[
+        str | None,
+        typer.Argument(
+            help="One read statement: SELECT, WITH, EXPLAIN, DESCRIBE, SUMMARIZE. Without one, an interactive prompt."
+        ),
+    ] = None,
     data_dir: Annotated[
         Path | None, typer.Option(help="Data directory of the service (default: ./data, or the config's).")
     ] = None,
@@ -236,35 +256,123 @@ def sql(
         Path | None, typer.Option("--config", "-c", help="Take the data directory from this config.")
     ] = None,
     output: Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")] = OutputFormat.table,
+    out_file: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the result to this file (required for parquet).")
+    ] = None,
     max_rows: Annotated[int, typer.Option(help="Row cap.")] = 10_000,
     timeout: Annotated[float, typer.Option(help="Stop the query after this many seconds.")] = 60.0,
 ) -> None:
     """Query the history with SQL: through the running service's API, or the file when it is stopped."""
-    ddir = data_dir or (_load(config).data_dir if config else DEFAULT_DATA_DIR)
-    cfg = _load(config) if config else Config(data_dir=ddir)
-    runtime = ddir / RUNTIME_FILE
+    cfg = _load(config) if config else Config(data_dir=data_dir or DEFAULT_DATA_DIR)
+    if config and data_dir:
+        cfg = cfg.model_copy(update={"data_dir": data_dir})
+    if output is OutputFormat.parquet and out_file is None:
+        raise _fail("--format parquet writes a binary file: add --output FILE.parquet")
+    if query is None:
+        _sql_prompt(cfg, output, max_rows, timeout)
+        return
+    try:
+        _sql_once(cfg, query, output, out_file, max_rows, timeout)
+    except _QueryFailedError as exc:
+        raise _fail(str(exc)) from None
+
+
+class _QueryFailedError(Exception):
+    pass
+
+
+def _sql_once(
+    cfg: Config, query: str, output: OutputFormat, out_file: Path | None, max_rows: int, timeout: float
+) -> None:
+    runtime = cfg.data_dir / RUNTIME_FILE
     result: QueryResult
     if runtime.exists() and _pid_alive(json.loads(runtime.read_text(encoding="utf-8")).get("pid")):
-        token = os.environ.get("GRIDSENTRY_TOKEN") or read_local_token(ddir)
+        token = os.environ.get("GRIDSENTRY_TOKEN") or read_local_token(cfg.data_dir)
         url = json.loads(runtime.read_text(encoding="utf-8"))["http_url"]
         result = _sql_via_api(url, query, max_rows, timeout, token)
     else:
-        db = cfg.database_path if config else ddir / "gridsentry.duckdb"
-        if not db.exists():
-            raise _fail(f"no database at {db}; start GridSentry first (make demo), or pass --data-dir/--config")
-        try:
-            con = duckdb.connect(str(db), read_only=True, config={"enable_external_access": False})
-        except duckdb.IOException as exc:
-            raise _fail(f"the database {db} is locked by a running GridSentry without a runtime file ({exc})") from exc
-        try:
-            result = run_read_query(con, query, timeout_s=timeout, max_rows=max_rows)
-        except (QueryRejectedError, QueryTimeoutError) as exc:
-            raise _fail(str(exc)) from exc
-        except duckdb.Error as exc:
-            raise _fail(f"the query failed: {exc}") from exc
-        finally:
-            con.close()
-    _print_result(result, output)
+        result = _sql_on_file(cfg, query, max_rows, timeout)
+    _print_result(result, output, out_file)
+
+
+def _sql_on_file(cfg: Config, query: str, max_rows: int, timeout: float) -> QueryResult:
+    db = cfg.database_path
+    if not db.exists():
+        raise _QueryFailedError(f"no database at {db}; start GridSentry first (make demo), or pass --data-dir/--config")
+    archive_dir = cfg.history.archive_path(cfg.data_dir)
+    try:
+        con = duckdb.connect(
+            str(db),
+            read_only=True,
+            config={"autoinstall_known_extensions": False, "autoload_known_extensions": False},
+        )
+        quoted = str(archive_dir).replace("'", "''")
+        con.execute(f"SET allowed_directories = ['{quoted}/']")
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+    except duckdb.IOException as exc:
+        raise _QueryFailedError(
+            f"the database {db} is locked by a running GridSentry without a runtime file ({exc})"
+        ) from exc
+    try:
+        return run_read_query(con, query, timeout_s=timeout, max_rows=max_rows)
+    except (QueryRejectedError, QueryTimeoutError) as exc:
+        raise _QueryFailedError(str(exc)) from exc
+    except duckdb.Error as exc:
+        raise _QueryFailedError(f"the query failed: {exc}") from exc
+    finally:
+        con.close()
+
+
+def _sql_prompt(cfg: Config, output: OutputFormat, max_rows: int, timeout: float) -> None:
+    """A small read-eval-print loop: statements end with ';', history persists across sessions."""
+    import readline
+
+    history = SQL_HISTORY_FILE.expanduser()
+    with contextlib.suppress(OSError):
+        readline.read_history_file(history)
+    readline.set_history_length(2000)
+    err_console.print(
+        f"GridSentry SQL on {cfg.data_dir} - one read statement, end it with ';'. "
+        "Try: SELECT * FROM v_device_health; .tables lists views and tables, .quit leaves."
+    )
+    buffer: list[str] = []
+    try:
+        while True:
+            try:
+                line = input("gridsentry> " if not buffer else "       ...> ")
+            except EOFError:
+                break
+            stripped = line.strip()
+            if not buffer and stripped in (".quit", ".exit", "\\q", "exit", "quit"):
+                break
+            if not buffer and stripped == ".tables":
+                stripped = "SELECT table_name, table_type FROM information_schema.tables ORDER BY 1;"
+            if not stripped:
+                continue
+            buffer.append(stripped)
+            if not stripped.endswith(";"):
+                continue
+            statement = " ".join(buffer).rstrip(";").strip()
+            buffer = []
+            try:
+                _sql_once(
+                    cfg,
+                    statement,
+                    output if output is not OutputFormat.parquet else OutputFormat.table,
+                    None,
+                    max_rows,
+                    timeout,
+                )
+            except _QueryFailedError as exc:
+                err_console.print(f"[bold red]error:[/] {exc}")
+            except typer.Exit:
+                pass
+    except KeyboardInterrupt:
+        err_console.print()
+    finally:
+        with contextlib.suppress(OSError):
+            readline.write_history_file(history)
 
 
 def _pid_alive(pid: Any) -> bool:
@@ -284,12 +392,12 @@ def _sql_via_api(url: str, query: str, max_rows: int, timeout: float, token: str
     try:
         r = httpx.post(
             f"{url}/api/sql",
-            json={"query": query, "max_rows": max_rows, "timeout_s": timeout},
+            json={"query": query, "max_rows": max_rows, "timeout_s": timeout, "format": "parquet"},
             headers=headers,
             timeout=timeout + 10,
         )
     except httpx.HTTPError as exc:
-        raise _fail(f"GridSentry is running but its API at {url} did not answer: {exc}") from exc
+        raise _QueryFailedError(f"GridSentry is running but its API at {url} did not answer: {exc}") from exc
     if r.status_code != 200:
         detail = (
             r.json().get("detail", r.text)
@@ -300,30 +408,51 @@ def _sql_via_api(url: str, query: str, max_rows: int, timeout: float, token: str
             detail = (
                 f"{detail}. Set GRIDSENTRY_TOKEN to an engineer token, or run this as the user that runs GridSentry"
             )
-        raise _fail(str(detail))
-    body = r.json()
+        raise _QueryFailedError(str(detail))
+    # Parquet keeps the column types (timestamps, decimals) that JSON would flatten to text.
+    table = pq.read_table(io.BytesIO(r.content))
+    rows = list(zip(*(c.to_pylist() for c in table.columns), strict=True)) if table.num_columns else []
     return QueryResult(
-        body["columns"], body["types"], [tuple(x) for x in body["rows"]], body["truncated"], body["seconds"]
+        table.column_names,
+        [str(t) for t in table.schema.types],
+        rows,
+        r.headers.get("x-gridsentry-truncated") == "true",
+        float(r.headers.get("x-gridsentry-seconds", "0")),
+        table,
     )
 
 
-def _print_result(result: QueryResult, output: OutputFormat) -> None:
+def _print_result(result: QueryResult, output: OutputFormat, out_file: Path | None = None) -> None:
+    if output is OutputFormat.parquet:
+        assert out_file is not None
+        out_file.write_bytes(result_as_parquet(result))
+        err_console.print(f"[dim]{len(result.rows)} rows written to {out_file}[/]")
+        return
+    if out_file is not None and output is not OutputFormat.table:
+        text = result_as_csv(result).decode() if output is OutputFormat.csv else _json_text(result)
+        out_file.write_text(text, encoding="utf-8")
+        err_console.print(f"[dim]{len(result.rows)} rows written to {out_file}[/]")
+        return
     if output is OutputFormat.csv:
         w = csv.writer(sys.stdout)
         w.writerow(result.columns)
         w.writerows(result.rows)
     elif output is OutputFormat.json:
-        sys.stdout.write(orjson.dumps(result.as_records(), default=str, option=orjson.OPT_INDENT_2).decode() + "\n")
+        sys.stdout.write(_json_text(result))
     else:
         table = Table(*result.columns, show_lines=False)
         for r in result.rows:
             table.add_row(*["" if v is None else str(v) for v in r])
         console.print(table)
-        err_console.print(
-            f"[dim]{len(result.rows)} rows in {result.seconds * 1000:.0f} ms"
-            + (" (truncated: raise --max-rows)" if result.truncated else "")
-            + "[/]"
-        )
+    err_console.print(
+        f"[dim]{len(result.rows)} rows in {result.seconds * 1000:.0f} ms"
+        + (" (truncated: raise --max-rows)" if result.truncated else "")
+        + "[/]"
+    )
+
+
+def _json_text(result: QueryResult) -> str:
+    return orjson.dumps(result.as_records(), default=str, option=orjson.OPT_INDENT_2).decode() + "\n"
 
 
 # --- config ------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from collector.modbus.settings import ModbusConfig, ModbusDeviceConfig, check_de
 from collector.settings import MqttConfig
 from gridsentry.auth import AuthConfig
 from gridsentry.screens.settings import ScreensConfig
+from storage.settings import HistoryConfig
 from storage.yamlsource import Loc, dotted_path, load_yaml_with_lines, nearest_line
 
 DeviceKind = Literal["charger_ac", "charger_dc", "pv_inverter", "pv_string", "box_transformer", "meter", "unknown"]
@@ -125,6 +126,10 @@ class Config(_Model):
         default_factory=ModbusConfig, description="Modbus collection: map directories, commit pace, map reloads."
     )
     rules: RulesConfig = Field(default_factory=RulesConfig)
+    history: HistoryConfig = Field(
+        default_factory=HistoryConfig,
+        description="History: rollups, Parquet archive, retention per table, engineers' SQL limits, backups.",
+    )
     sites: list[SiteConfig] = Field(default_factory=list, description="The sites of the fleet.")
     devices: list[DeviceConfig] = Field(
         default_factory=list, description="The device ledger: every device, its site, kind and topology."

@@ -39,7 +39,9 @@ from gridsentry.screens.fleet import ScreensView
 from rules.engine import DeviceInfo, RuleEngine
 from rules.loader import LoadedRules, builtin_pack_files, load_packs
 from storage.batch import DeadLetter, IngestBatch, dead_letters_table
+from storage.history import HistoryJobs
 from storage.ledger import register_unknown_devices, sync_ledger
+from storage.sql import QueryRunner
 from storage.writer import CommitResult, StorageWriter
 
 log = logging.getLogger("gridsentry")
@@ -52,8 +54,14 @@ class Service:
         self.cfg = cfg
         self.started_at = datetime.now(UTC)
         self.writer = StorageWriter(
-            cfg.database_path, memory_limit=cfg.storage.memory_limit, threads=cfg.storage.threads
+            cfg.database_path,
+            memory_limit=cfg.storage.memory_limit,
+            threads=cfg.storage.threads,
+            allowed_directories=[cfg.history.archive_path(cfg.data_dir), cfg.history.backup_path(cfg.data_dir)],
+            lock_configuration=cfg.history.sql.lock_configuration,
         )
+        self.history = HistoryJobs(self.writer, cfg.history, cfg.data_dir)
+        self.sql = QueryRunner(self.writer.reader, concurrent=cfg.history.sql.concurrent, nice=cfg.history.sql.nice)
         self.catalogue = metric_catalogue(cfg)
         self.loaded_rules: LoadedRules = LoadedRules()
         self.engine = RuleEngine([])
@@ -93,6 +101,7 @@ class Service:
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(self.writer.start)
         log.info("database %s open (schema up to date)", cfg.database_path)
+        await self.history.startup()
         await self.writer.run(
             lambda con: sync_ledger(
                 con,
@@ -124,6 +133,7 @@ class Service:
             self.modbus = ModbusCollector(cfg.modbus, modbus_devices, self.store, limits=limits)
             self._tasks.append(asyncio.create_task(self.modbus.run(self._stop), name="modbus-collector"))
         self._tasks.append(asyncio.create_task(self._rules_loop(), name="rules"))
+        self._tasks.append(asyncio.create_task(self.history.run(self._stop), name="history"))
         if cfg.auth.local_token:
             write_local_token(cfg.data_dir, self.tokens)
         if not self.tokens:
@@ -149,6 +159,7 @@ class Service:
                 if not t.cancelled() and t.exception() is not None:
                     log.error("stage %s had failed: %s", t.get_name(), t.exception())
         await self._drain_rules()
+        self.sql.close()
         await asyncio.to_thread(self.writer.close)
         with contextlib.suppress(FileNotFoundError):
             (self.cfg.data_dir / RUNTIME_FILE).unlink()

@@ -14,6 +14,170 @@ import duckdb
 log = logging.getLogger(__name__)
 
 
+# Metrics of the per-kind wide views (one row per device and reading time). A metric not listed
+# here is still in v_readings; these views only spare engineers a PIVOT for the common ones.
+WIDE_VIEW_METRICS: dict[str, tuple[str, ...]] = {
+    "charger_ac": ("power_kw", "energy_kwh", "voltage_v", "current_a", "connector_temp_c"),
+    "charger_dc": (
+        "gun1_power_kw",
+        "gun2_power_kw",
+        "gun1_voltage_v",
+        "gun2_voltage_v",
+        "gun1_current_a",
+        "gun2_current_a",
+        "gun1_temp_c",
+        "gun2_temp_c",
+        "gun1_soc_pct",
+        "gun2_soc_pct",
+        "module_temp_c",
+        "cabinet_temp_c",
+        "input_power_kw",
+        "energy_kwh",
+    ),
+    "pv_inverter": (
+        "ac_power_kw",
+        "dc_power_kw",
+        "energy_kwh",
+        "dc_voltage_v",
+        "string1_current_a",
+        "string2_current_a",
+        "string3_current_a",
+        "string4_current_a",
+        "string5_current_a",
+        "string6_current_a",
+        "string7_current_a",
+        "string8_current_a",
+        "heatsink_temp_c",
+        "irradiance_wm2",
+        "ambient_temp_c",
+    ),
+    "box_transformer": (
+        "load_kva",
+        "load_factor",
+        "top_oil_temp_c",
+        "hot_spot_temp_c",
+        "ambient_temp_c",
+        "lv_voltage_v",
+        "lv_current_a",
+    ),
+}
+
+
+def _wide_view(kind: str, metrics: tuple[str, ...]) -> str:
+    columns = ",\n       ".join(f"max(r.value) FILTER (WHERE r.metric = '{m}') AS {m}" for m in metrics)
+    names = ", ".join(f"'{m}'" for m in metrics)
+    return (
+        f"CREATE VIEW v_{kind} AS\n"
+        f"SELECT r.ts, r.device_id, d.site,\n       {columns}\n"
+        f"FROM readings_all r JOIN devices d USING (device_id)\n"
+        f"WHERE d.kind = '{kind}' AND r.metric IN ({names})\n"
+        "GROUP BY r.ts, r.device_id, d.site;\n"
+    )
+
+
+_ROLLUP_COLUMNS = """
+            device_id  VARCHAR NOT NULL,
+            metric     VARCHAR NOT NULL,
+            bucket     TIMESTAMPTZ NOT NULL,   -- start of the minute / hour (UTC)
+            count      BIGINT NOT NULL,        -- readings folded in (good and substituted quality only)
+            min        DOUBLE,
+            max        DOUBLE,
+            avg        DOUBLE,
+            sum        DOUBLE,
+            last       DOUBLE,                 -- value of the latest reading in the bucket
+            last_ts    TIMESTAMPTZ             -- its time
+"""
+
+HISTORY_SQL = f"""
+        CREATE TABLE rollup_1m ({_ROLLUP_COLUMNS});
+        CREATE TABLE rollup_1h ({_ROLLUP_COLUMNS});
+        -- Partial aggregates of each committed batch, written in the batch's own transaction and
+        -- folded into rollup_1m/rollup_1h by the rollup job (storage/rollup.py).
+        CREATE TABLE rollup_pending (
+            device_id VARCHAR NOT NULL, metric VARCHAR NOT NULL, bucket TIMESTAMPTZ NOT NULL,
+            count BIGINT NOT NULL, min DOUBLE, max DOUBLE, sum DOUBLE, last DOUBLE, last_ts TIMESTAMPTZ
+        );
+        CREATE TABLE archive_files (
+            day        DATE NOT NULL,
+            path       VARCHAR NOT NULL PRIMARY KEY,   -- relative to the archive directory
+            rows       BIGINT NOT NULL,
+            bytes      BIGINT NOT NULL,
+            min_ts     TIMESTAMPTZ NOT NULL,
+            max_ts     TIMESTAMPTZ NOT NULL,
+            created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        );
+        CREATE TABLE backup_log (
+            backup_id  VARCHAR PRIMARY KEY,
+            kind       VARCHAR NOT NULL,               -- full | incremental
+            parent_id  VARCHAR,
+            path       VARCHAR NOT NULL,
+            started_at TIMESTAMPTZ NOT NULL,
+            seconds    DOUBLE NOT NULL,
+            bytes      BIGINT NOT NULL,
+            readings   BIGINT NOT NULL
+        );
+        -- Replaced by storage/archive.py with a read_parquet over the archived day files.
+        CREATE VIEW readings_archive AS
+            SELECT ts, device_id, metric, value, quality FROM readings WHERE false;
+        CREATE VIEW readings_all AS
+            SELECT ts, device_id, metric, value, quality FROM readings
+            UNION ALL
+            SELECT ts, device_id, metric, value, quality FROM readings_archive;
+        CREATE OR REPLACE VIEW v_readings AS
+            SELECT r.ts, r.device_id, d.site, d.kind, r.metric, r.value, m.unit, r.quality
+            FROM readings_all r
+            LEFT JOIN devices d USING (device_id)
+            LEFT JOIN metrics m ON m.name = r.metric;
+        CREATE VIEW v_rollup_1m AS
+            SELECT r.bucket, r.device_id, d.site, d.kind, r.metric, m.unit, r.count, r.min, r.max, r.avg, r.last
+            FROM rollup_1m r LEFT JOIN devices d USING (device_id) LEFT JOIN metrics m ON m.name = r.metric;
+        CREATE VIEW v_rollup_1h AS
+            SELECT r.bucket, r.device_id, d.site, d.kind, r.metric, m.unit, r.count, r.min, r.max, r.avg, r.last
+            FROM rollup_1h r LEFT JOIN devices d USING (device_id) LEFT JOIN metrics m ON m.name = r.metric;
+        CREATE VIEW v_alerts AS
+            SELECT a.alert_id, a.event_class, a.state, a.device_id, a.site, d.kind, a.rule_id, a.title, a.message,
+                   a.metric, a.value, a.threshold, a.unit, a.fired_at, a.created_at, a.acknowledged_at,
+                   a.acknowledged_by, a.assignee, a.resolved_at, a.closed_at, a.ack_due, a.onsite_due, a.restore_due,
+                   coalesce(a.resolved_at, a.closed_at) AS restored_at,
+                   date_diff('second', a.created_at, a.acknowledged_at) / 60.0 AS minutes_to_ack,
+                   date_diff('second', a.created_at, coalesce(a.resolved_at, a.closed_at)) / 3600.0 AS hours_to_restore,
+                   a.ack_due IS NOT NULL AND coalesce(a.acknowledged_at, now()) > a.ack_due AS ack_breached,
+                   a.restore_due IS NOT NULL
+                       AND coalesce(a.resolved_at, a.closed_at, now()) > a.restore_due AS restore_breached,
+                   a.state IN ('firing', 'acknowledged') AS is_open
+            FROM alerts a LEFT JOIN devices d USING (device_id);
+        CREATE VIEW v_device_health AS
+            WITH last AS (
+                SELECT device_id, max(ts) AS last_seen,
+                       count(*) FILTER (WHERE ts > now() - INTERVAL 24 HOUR) AS readings_24h,
+                       count(*) FILTER (WHERE ts > now() - INTERVAL 24 HOUR AND quality <> 0) AS bad_quality_24h
+                FROM readings GROUP BY device_id
+            ), open_alerts AS (
+                SELECT device_id, count(*) AS open_alerts,
+                       min(event_class) AS worst_open_class
+                FROM alerts WHERE state IN ('firing', 'acknowledged') GROUP BY device_id
+            )
+            SELECT d.device_id, d.site, d.kind, d.model, d.rated_kw, d.expected_interval_s, l.last_seen,
+                   date_diff('second', l.last_seen, now()) AS silent_s,
+                   CASE
+                       WHEN l.last_seen IS NULL THEN 'no recent data'
+                       WHEN date_diff('second', l.last_seen, now()) <= 3 * d.expected_interval_s THEN 'online'
+                       WHEN date_diff('second', l.last_seen, now()) <= 30 * d.expected_interval_s THEN 'late'
+                       ELSE 'offline'
+                   END AS status,
+                   coalesce(l.readings_24h, 0) AS readings_24h,
+                   coalesce(l.bad_quality_24h, 0) AS bad_quality_24h,
+                   coalesce(o.open_alerts, 0) AS open_alerts,
+                   o.worst_open_class
+            FROM devices d LEFT JOIN last l USING (device_id) LEFT JOIN open_alerts o USING (device_id);
+        -- Readings stored before this migration get their rollups at the first fold.
+        INSERT INTO rollup_pending
+            SELECT device_id, metric, time_bucket(INTERVAL 1 MINUTE, ts), count(value), min(value), max(value),
+                   sum(value), arg_max(value, ts), max(ts)
+            FROM readings WHERE value IS NOT NULL AND isfinite(value) AND quality IN (0, 4) GROUP BY ALL;
+        """ + "".join(_wide_view(kind, metrics) for kind, metrics in WIDE_VIEW_METRICS.items())
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -162,6 +326,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             FROM readings GROUP BY device_id, metric;
         """,
     ),
+    Migration(5, "history: rollups, archive manifest, backups log, engineers' views", HISTORY_SQL),
     Migration(
         7,
         "audit log of state-changing API calls and engineers' queries",

@@ -14,7 +14,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +24,7 @@ import duckdb
 
 from storage.batch import IngestBatch
 from storage.dedupe import DedupeWindow
+from storage.rollup import record_batch as record_rollup_partials
 from storage.schema import migrate
 
 log = logging.getLogger(__name__)
@@ -67,9 +68,20 @@ class StorageWriter:
     """Owns the database connection. Start it, submit jobs, close it."""
 
     def __init__(
-        self, path: Path, *, memory_limit: str = "512MB", threads: int = 2, dedupe_window: int = 200_000
+        self,
+        path: Path,
+        *,
+        memory_limit: str = "512MB",
+        threads: int = 2,
+        dedupe_window: int = 200_000,
+        allowed_directories: Sequence[Path] | None = None,
+        lock_configuration: bool = False,
     ) -> None:
+        """`allowed_directories`, when given, turns external access off for the whole database except those
+        directories (the archive, backups); `lock_configuration` then forbids any later SET."""
         self.path = path
+        self._allowed_directories = allowed_directories
+        self._lock_configuration = lock_configuration
         self._memory_limit = memory_limit
         self._threads = threads
         self._jobs: queue.Queue[tuple[WriteJob[Any], Future[Any]] | None] = queue.Queue()
@@ -141,6 +153,7 @@ class StorageWriter:
             before(con)
         fresh_batch, keys = self.dedupe.filter(batch)
         result = append_batch(con, fresh_batch)
+        record_rollup_partials(con, fresh_batch.readings)
         ts = self.dedupe.record(con, keys)
         self._after_commit.append(lambda: self.dedupe.committed(ts, keys))
         dropped = batch.reading_count - fresh_batch.reading_count
@@ -158,6 +171,13 @@ class StorageWriter:
             self.dedupe.load(self._con)
         except duckdb.Error as exc:
             log.error("could not reload the de-duplication window (redeliveries may be stored twice): %s", exc)
+        try:
+            if self._allowed_directories is not None:
+                restrict_access(self._con, self._allowed_directories, lock_configuration=self._lock_configuration)
+        except BaseException as exc:
+            self._start_error = exc
+            self._started.set()
+            return
         self._started.set()
         con = self._con
         while True:
@@ -199,6 +219,27 @@ class StorageWriter:
             log.warning("checkpoint at shutdown failed (the WAL will be replayed at next start): %s", exc)
         con.close()
         self._con = None
+
+
+def restrict_access(
+    con: duckdb.DuckDBPyConnection, allowed_directories: Sequence[Path], *, lock_configuration: bool
+) -> None:
+    """Defence in depth for engineers' SQL, database-wide: no file, network or extension access except the
+    given directories, and optionally no configuration change at all from here on."""
+    dirs = []
+    for d in allowed_directories:
+        d.mkdir(parents=True, exist_ok=True)
+        text = str(d.resolve()).rstrip("/") + "/"
+        if "'" in text:
+            raise ValueError(f"the directory {text!r} contains a quote; choose one without")
+        dirs.append(f"'{text}'")
+    con.execute(f"SET allowed_directories = [{', '.join(dirs)}]")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET allow_community_extensions = false")
+    if lock_configuration:
+        # COPY FROM DATABASE (backups) sets this one internally; SET itself never reaches engineers' SQL.
+        con.execute("SET allowed_configs = ['current_transaction_invalidation_policy']")
+        con.execute("SET lock_configuration = true")
 
 
 def append_batch(con: duckdb.DuckDBPyConnection, batch: IngestBatch) -> CommitResult:

@@ -1,0 +1,87 @@
+"""Configuration of history: rollups, the Parquet archive, retention, engineers' SQL and backups.
+
+One `history:` section of gridsentry.yaml. Every field has a description (`gridsentry config example`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RetentionConfig(_Model):
+    hot_days: int = Field(
+        7,
+        ge=2,
+        le=3650,
+        description="Days of readings kept in the DuckDB table; older whole days move to the Parquet archive.",
+    )
+    archive_days: int | None = Field(
+        None, ge=1, description="Days of archived readings kept (Parquet day files); empty keeps them for ever."
+    )
+    rollup_1m_days: int = Field(90, ge=1, description="Days of 1-minute rollups kept.")
+    rollup_1h_days: int | None = Field(
+        None, ge=1, description="Days of 1-hour rollups kept; empty keeps them for ever."
+    )
+    events_days: int | None = Field(730, ge=1, description="Days of device events (status, fault codes) kept.")
+    dead_letters_days: int = Field(30, ge=1, description="Days of rejected payloads kept in dead_letters.")
+    audit_days: int | None = Field(None, ge=1, description="Days of audit_log kept; empty keeps it for ever.")
+
+
+class SqlConfig(_Model):
+    timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="Longest an engineer's query may run before it is stopped."
+    )
+    max_rows: int = Field(100_000, ge=1, le=10_000_000, description="Most rows one query returns.")
+    concurrent: int = Field(2, ge=1, le=16, description="Engineers' queries run at once; more wait their turn.")
+    nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="Scheduling niceness of the threads running engineers' queries, so ingest keeps the CPU first.",
+    )
+
+    lock_configuration: bool = Field(
+        True,
+        description="Lock DuckDB's configuration after start-up, so no statement can change a limit or a setting.",
+    )
+
+
+class BackupConfig(_Model):
+    directory: Path = Field(Path("backups"), description="Where backups go; relative paths are under data_dir.")
+    full_every_h: float | None = Field(
+        None, gt=0, description="Take a full backup this often (hours); empty disables scheduled backups."
+    )
+    incremental_every_h: float | None = Field(
+        None, gt=0, description="Between full backups, an incremental one this often (hours)."
+    )
+    keep_full: int = Field(
+        4, ge=1, description="Full backups kept, each with its incrementals; older ones are removed."
+    )
+
+
+class HistoryConfig(_Model):
+    archive_dir: Path = Field(
+        Path("archive"), description="Parquet archive of old readings; relative paths are under data_dir."
+    )
+    rollup_interval_s: float = Field(
+        10.0, gt=0, le=3600, description="How often committed readings are folded into rollup_1m and rollup_1h."
+    )
+    maintenance_interval_s: float = Field(
+        3600.0, gt=0, description="How often archiving and retention run (they also run at start-up)."
+    )
+    retention: RetentionConfig = Field(default_factory=RetentionConfig, description="How long each table keeps data.")
+    sql: SqlConfig = Field(default_factory=SqlConfig, description="Limits on engineers' SQL.")
+    backup: BackupConfig = Field(default_factory=BackupConfig, description="Backup location and schedule.")
+
+    def archive_path(self, data_dir: Path) -> Path:
+        return (self.archive_dir if self.archive_dir.is_absolute() else data_dir / self.archive_dir).resolve()
+
+    def backup_path(self, data_dir: Path) -> Path:
+        d = self.backup.directory
+        return (d if d.is_absolute() else data_dir / d).resolve()
