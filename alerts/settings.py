@@ -130,6 +130,14 @@ class OverrideConfig(_Model):
     start: datetime = Field(description="From (ISO 8601 with offset).")
     end: datetime = Field(description="Until.")
 
+    @model_validator(mode="after")
+    def _aware(self) -> OverrideConfig:
+        if self.start.tzinfo is None or self.end.tzinfo is None:
+            raise ValueError(f"override for {self.person}: start and end need a UTC offset, e.g. +08:00")
+        if self.end <= self.start:
+            raise ValueError(f"override for {self.person} ends before it starts")
+        return self
+
 
 class RotaConfig(_Model):
     name: str = Field(description="Rota name, referred to by escalation levels.")
