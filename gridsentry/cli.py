@@ -26,6 +26,7 @@ from rich.table import Table
 
 from gridsentry import __version__
 from gridsentry.auth import hash_token, new_token, read_local_token
+from gridsentry.cli_alerts import alerts_app, oncall_app, sla_app
 from gridsentry.config import Config, ConfigError, example_yaml, load_config
 from gridsentry.service import RUNTIME_FILE, Service
 from storage.sql import QueryRejectedError, QueryResult, QueryTimeoutError, run_read_query
@@ -37,6 +38,9 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Validate and inspect configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+app.add_typer(alerts_app, name="alerts")
+app.add_typer(oncall_app, name="oncall")
+app.add_typer(sla_app, name="sla")
 
 console = Console()
 err_console = Console(stderr=True)

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from alerts.metrics import AlertStageCollector
 from gridsentry import __version__
 
 if TYPE_CHECKING:
@@ -181,6 +182,7 @@ def build_registry(service: Service) -> tuple[CollectorRegistry, Histogram]:
     """A private registry per service (tests run several services in one process)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ServiceCollector(service))
+    registry.register(AlertStageCollector(service.alert_stage))
     commit_seconds = Histogram(
         "gridsentry_storage_commit_seconds",
         "Time to commit one write transaction",
