@@ -1,4 +1,4 @@
-"""The HTTP API: health, readiness, /metrics, devices, alerts and engineers' SQL.
+"""The HTTP API: health, readiness, /metrics, devices, alerts (gridsentry/api_alerts.py) and engineers' SQL.
 
 Bound to loopback by default. Every route declares the role it needs (`gridsentry.auth.require`); every
 state-changing request is written to `audit_log` with its actor. Handlers that read DuckDB are plain `def`s, so FastAPI runs them in
@@ -7,22 +7,20 @@ its thread pool on their own reader connection and the event loop (and ingest) n
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import duckdb
-from fastapi import FastAPI, HTTPException, Query, Request, Response
+from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, Field
 
-from alerts.lifecycle import AlertStateError
 from gridsentry import __version__
+from gridsentry.api_alerts import alerts_router
 from gridsentry.api_history import add_history_routes
 from gridsentry.auth import principal_of, require
 from gridsentry.exporter import render_metrics
@@ -34,21 +32,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("gridsentry.audit")
 
 _CHANGING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-
-ALERT_COLUMNS = (
-    "alert_id, event_class, state, device_id, site, rule_id, title, message, metric, value, threshold, unit, "
-    "runbook, fired_at, created_at, updated_at, fire_count, acknowledged_at, acknowledged_by, assignee, "
-    "resolved_at, closed_at, ack_due, onsite_due, restore_due"
-)
-
-
-class AlertAction(BaseModel):
-    actor: str | None = Field(
-        None,
-        min_length=1,
-        description="Who acts, when the token is shared (e.g. a duty desk): recorded as 'actor via token-holder'.",
-    )
-    comment: str | None = None
 
 
 def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
@@ -150,63 +133,8 @@ def create_app(service: Service) -> FastAPI:
             r["last_seen_age_s"] = round(now - seen, 1) if seen else None
         return rows
 
-    @app.get("/api/alerts", tags=["alerts"], dependencies=[require("viewer")])
-    def alerts(
-        state: Literal["open", "firing", "acknowledged", "resolved", "closed", "all"] = "open",
-        device_id: str | None = None,
-        limit: int = Query(200, ge=1, le=10_000),
-    ) -> list[dict[str, Any]]:
-        """Alerts, newest first. `open` means firing or acknowledged."""
-        states = {"open": ["firing", "acknowledged"], "all": ["firing", "acknowledged", "resolved", "closed"]}.get(
-            state, [state]
-        )
-        con = reader()
-        try:
-            return _rows(
-                con,
-                f"SELECT {ALERT_COLUMNS} FROM alerts WHERE list_contains(?, state) "
-                "AND (? IS NULL OR device_id = ?) ORDER BY alert_id DESC LIMIT ?",
-                [states, device_id, device_id, limit],
-            )
-        finally:
-            con.close()
-
-    @app.get("/api/alerts/{alert_id}", tags=["alerts"], dependencies=[require("viewer")])
-    def alert(alert_id: int) -> dict[str, Any]:
-        """One alert with its audit trail."""
-        con = reader()
-        try:
-            rows = _rows(con, f"SELECT {ALERT_COLUMNS} FROM alerts WHERE alert_id = ?", [alert_id])
-            if not rows:
-                raise HTTPException(404, f"alert #{alert_id} does not exist")
-            rows[0]["events"] = _rows(
-                con, "SELECT ts, action, actor, detail FROM alert_events WHERE alert_id = ? ORDER BY ts", [alert_id]
-            )
-            return rows[0]
-        finally:
-            con.close()
-
-    async def _act(request: Request, alert_id: int, body: AlertAction | None, action: str) -> dict[str, Any]:
-        fn = service.alerts.acknowledge if action == "acknowledge" else service.alerts.close
-        holder = principal_of(request).name
-        actor = f"{body.actor} via {holder}" if body is not None and body.actor else holder
-        try:
-            await fn(alert_id, actor, body.comment if body is not None else None)
-        except LookupError as exc:
-            raise HTTPException(404, str(exc)) from exc
-        except AlertStateError as exc:
-            raise HTTPException(409, str(exc)) from exc
-        return await asyncio.to_thread(alert, alert_id)
-
-    @app.post("/api/alerts/{alert_id}/ack", tags=["alerts"], dependencies=[require("operator")])
-    async def acknowledge(request: Request, alert_id: int, body: AlertAction | None = None) -> dict[str, Any]:
-        """Acknowledge a firing alert (stops the response clock)."""
-        return await _act(request, alert_id, body, "acknowledge")
-
-    @app.post("/api/alerts/{alert_id}/close", tags=["alerts"], dependencies=[require("operator")])
-    async def close(request: Request, alert_id: int, body: AlertAction | None = None) -> dict[str, Any]:
-        """Close an alert after the fault is cleared on site."""
-        return await _act(request, alert_id, body, "close")
+    # Routes are added one by one (not include_router) so the app lists each guarded APIRoute itself.
+    app.router.routes.extend(alerts_router(service).routes)
 
     add_history_routes(app, service)
 

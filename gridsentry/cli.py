@@ -29,6 +29,7 @@ from rich.table import Table
 from collector.modbus.cli import modbus_app
 from gridsentry import __version__
 from gridsentry.auth import hash_token, new_token, read_local_token
+from gridsentry.cli_alerts import alerts_app, oncall_app, sla_app
 from gridsentry.cli_db import db_app
 from gridsentry.config import Config, ConfigError, example_yaml, load_config
 from gridsentry.service import RUNTIME_FILE, Service
@@ -50,6 +51,9 @@ config_app = typer.Typer(help="Validate and inspect configuration.", no_args_is_
 app.add_typer(config_app, name="config")
 app.add_typer(modbus_app, name="modbus")
 app.add_typer(db_app, name="db")
+app.add_typer(alerts_app, name="alerts")
+app.add_typer(oncall_app, name="oncall")
+app.add_typer(sla_app, name="sla")
 
 console = Console()
 err_console = Console(stderr=True)

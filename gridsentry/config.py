@@ -11,11 +11,12 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from alerts.settings import AlertsConfig
 from collector.mapping import FieldRule, unit_conversion
 from collector.modbus.settings import ModbusConfig, ModbusDeviceConfig, check_device_maps
 from collector.settings import MqttConfig
@@ -144,6 +145,10 @@ class Config(_Model):
     screens: ScreensConfig = Field(
         default_factory=ScreensConfig,
         description="Monitoring-centre screens: fleet readings on /metrics and the built-in wall screen at /.",
+    )
+    alerts: AlertsConfig = Field(
+        default_factory=AlertsConfig,
+        description="Alert lifecycle: SLA policy and standby hours, maintenance windows, escalation, on-call rota, channels.",
     )
 
     @model_validator(mode="after")
@@ -470,6 +475,12 @@ def _example_model(model: type[BaseModel], lines: list[str], indent: int) -> Non
                     else:
                         lines.append(f"{lead} {_scalar(v)}")
                     first = False
+        elif sub is not None and get_origin(ann) is list:  # a list of entries without a worked example
+            lines.append(f"{pad}# Each entry:")
+            for fname, f in sub.model_fields.items():
+                req = " (required)" if f.is_required() else ""
+                lines.append(f"{pad}#   {f.alias or fname}{req}: {f.description or ''}".rstrip())
+            lines.append(f"{pad}{key}: []")
         elif sub is not None and name not in _EXAMPLE_ITEMS:
             lines.append(f"{pad}{key}:")
             _example_model(sub, lines, indent + 1)

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from alerts.metrics import AlertStageCollector
 from collector.modbus.metrics import modbus_metrics
 from gridsentry import __version__
 from gridsentry.screens.alerts import alert_families
@@ -141,11 +142,6 @@ class ServiceCollector(Collector):
         c = CounterMetricFamily("gridsentry_alerts_raised", "Alerts raised since start", labels=[])
         c.add_metric([], s.alerts.raised)
         yield c
-        c = CounterMetricFamily(
-            "gridsentry_alerts_resolved", "Alerts resolved (condition cleared) since start", labels=[]
-        )
-        c.add_metric([], s.alerts.resolved)
-        yield c
         yield from alert_families(s.screens.open_alerts_detail(), time.time())
 
     def _screens(self) -> Iterator[Metric]:
@@ -221,6 +217,7 @@ def build_registry(service: Service) -> Instruments:
     """A private registry per service (tests run several services in one process)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ServiceCollector(service))
+    registry.register(AlertStageCollector(service.alert_stage))
     commit_seconds = Histogram(
         "gridsentry_storage_commit_seconds",
         "Time to commit one write transaction",

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import uvicorn
 
-from alerts.lifecycle import AlertLifecycle
+from alerts.runtime import AlertStage
 from collector.mapping import FieldMapper
 from collector.modbus.collector import ModbusCollector
 from collector.mqtt import CollectorStats, MqttCollector
@@ -65,7 +65,8 @@ class Service:
         self.catalogue = metric_catalogue(cfg)
         self.loaded_rules: LoadedRules = LoadedRules()
         self.engine = RuleEngine([])
-        self.alerts = AlertLifecycle(self.writer)
+        self.alert_stage = AlertStage(self.writer, cfg.alerts)
+        self.alerts = self.alert_stage.lifecycle
         self.collector_stats = CollectorStats()
         self.collector: MqttCollector | PahoMqttCollector | None = None  # the first broker's; `collectors` holds all
         self.collectors: list[MqttCollector | PahoMqttCollector] = []
@@ -110,6 +111,7 @@ class Service:
                 metrics=[m.model_dump() for m in self.catalogue.values()],
             )
         )
+        await self.writer.run(self.alerts.sync_maintenance)
         self._load_known_devices()
         self._load_rules()
         limits = MetricLimits({m.name: (m.min, m.max) for m in self.catalogue.values()})
@@ -134,6 +136,7 @@ class Service:
             self._tasks.append(asyncio.create_task(self.modbus.run(self._stop), name="modbus-collector"))
         self._tasks.append(asyncio.create_task(self._rules_loop(), name="rules"))
         self._tasks.append(asyncio.create_task(self.history.run(self._stop), name="history"))
+        self._tasks.extend(self.alert_stage.tasks(self._stop))
         if cfg.auth.local_token:
             write_local_token(cfg.data_dir, self.tokens)
         if not self.tokens:

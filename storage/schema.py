@@ -328,6 +328,61 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(5, "history: rollups, archive manifest, backups log, engineers' views", HISTORY_SQL),
     Migration(
+        4,
+        "alert lifecycle: SLA schedule, escalation, flapping, suppression, outbox delivery state, silences",
+        """
+        ALTER TABLE alerts ADD COLUMN policy VARCHAR;
+        ALTER TABLE alerts ADD COLUMN ack_warn_at TIMESTAMPTZ;
+        ALTER TABLE alerts ADD COLUMN onsite_warn_at TIMESTAMPTZ;
+        ALTER TABLE alerts ADD COLUMN restore_warn_at TIMESTAMPTZ;
+        ALTER TABLE alerts ADD COLUMN escalate_at TIMESTAMPTZ[];
+        ALTER TABLE alerts ADD COLUMN escalation_level INTEGER DEFAULT 0;
+        ALTER TABLE alerts ADD COLUMN sla_marks VARCHAR[] DEFAULT [];   -- warn:ack, breach:restore...
+        ALTER TABLE alerts ADD COLUMN onsite_at TIMESTAMPTZ;
+        ALTER TABLE alerts ADD COLUMN onsite_by VARCHAR;
+        ALTER TABLE alerts ADD COLUMN flap_count INTEGER DEFAULT 0;
+        ALTER TABLE alerts ADD COLUMN flapping BOOLEAN DEFAULT false;
+        ALTER TABLE alerts ADD COLUMN suppressed VARCHAR;                       -- why no one is paged
+        ALTER TABLE alerts ADD COLUMN forecast VARCHAR;
+        CREATE SEQUENCE notification_id_seq START 1;
+        ALTER TABLE notifications ADD COLUMN kind VARCHAR;                      -- fired, prewarn, breach, ...
+        ALTER TABLE notifications ADD COLUMN idempotency_key VARCHAR;
+        ALTER TABLE notifications ADD COLUMN contact INTEGER DEFAULT 0;  -- index into the person's contacts
+        ALTER TABLE notifications ADD COLUMN status VARCHAR DEFAULT 'pending';  -- pending, sent, failed
+        ALTER TABLE notifications ADD COLUMN fallback_sent BOOLEAN DEFAULT false;
+        CREATE INDEX notifications_status ON notifications (status);
+        CREATE SEQUENCE silence_id_seq START 1;
+        CREATE TABLE silences (
+            silence_id  BIGINT PRIMARY KEY DEFAULT nextval('silence_id_seq'),
+            created_at  TIMESTAMPTZ NOT NULL,
+            created_by  VARCHAR NOT NULL,
+            starts_at   TIMESTAMPTZ NOT NULL,
+            ends_at     TIMESTAMPTZ NOT NULL,
+            device_id   VARCHAR,                  -- null: any
+            rule_id     VARCHAR,
+            site        VARCHAR,
+            comment     VARCHAR NOT NULL,
+            expired_by  VARCHAR
+        );
+        CREATE TABLE maintenance_windows (        -- loaded from the config at start-up
+            window_id    VARCHAR PRIMARY KEY,
+            starts_at    TIMESTAMPTZ NOT NULL,
+            ends_at      TIMESTAMPTZ NOT NULL,
+            announced_at TIMESTAMPTZ NOT NULL,
+            devices      VARCHAR[] NOT NULL,
+            sites        VARCHAR[] NOT NULL,
+            reason       VARCHAR
+        );
+        CREATE VIEW v_alert_sla AS
+            SELECT alert_id, event_class, state, device_id, site, title, policy, created_at,
+                   acknowledged_at, ack_due, acknowledged_at IS NOT NULL AND acknowledged_at <= ack_due AS ack_in_time,
+                   onsite_at, onsite_due, coalesce(resolved_at, closed_at) AS restored_at, restore_due,
+                   coalesce(resolved_at, closed_at) <= restore_due AS restored_in_time,
+                   escalation_level, sla_marks, suppressed
+            FROM alerts;
+        """,
+    ),
+    Migration(
         7,
         "audit log of state-changing API calls and engineers' queries",
         """

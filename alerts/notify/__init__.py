@@ -1,0 +1,1 @@
+"""Notification channels and the outbox worker that delivers through them."""
