@@ -32,7 +32,8 @@ from collector.payloads import MetricLimits
 from gridsentry.config import Config, field_rules, metric_catalogue
 from gridsentry.exporter import build_registry
 from rules.engine import DeviceInfo, RuleEngine
-from rules.loader import LoadedRules, builtin_pack_files, load_packs
+from rules.loader import LoadedRules
+from rules.runtime import RulesRuntime, devices_from_ledger
 from storage.batch import DeadLetter, IngestBatch, dead_letters_table
 from storage.ledger import register_unknown_devices, sync_ledger
 from storage.writer import CommitResult, StorageWriter
@@ -40,6 +41,15 @@ from storage.writer import CommitResult, StorageWriter
 log = logging.getLogger("gridsentry")
 
 RUNTIME_FILE = "runtime.json"
+_NO_READINGS = pa.table(
+    {
+        "ts": pa.array([], pa.timestamp("us", tz="UTC")),
+        "device_id": pa.array([], pa.string()),
+        "metric": pa.array([], pa.string()),
+        "value": pa.array([], pa.float64()),
+        "quality": pa.array([], pa.uint8()),
+    }
+)
 
 
 class Service:
@@ -50,8 +60,12 @@ class Service:
             cfg.database_path, memory_limit=cfg.storage.memory_limit, threads=cfg.storage.threads
         )
         self.catalogue = metric_catalogue(cfg)
-        self.loaded_rules: LoadedRules = LoadedRules()
-        self.engine = RuleEngine([])
+        self.rules_runtime = RulesRuntime(
+            self.writer,
+            {m.name: m.unit for m in self.catalogue.values()},
+            packs=cfg.rules.packs,
+            builtin_packs=cfg.rules.builtin_packs,
+        )
         self.alerts = AlertLifecycle(self.writer)
         self.collector_stats = CollectorStats()
         self.collector: MqttCollector | PahoMqttCollector | None = None  # the first broker's; `collectors` holds all
@@ -170,7 +184,7 @@ class Service:
                 "first_seen": pa.array([now] * len(unknown), pa.timestamp("us", tz="UTC")),
             }
         )
-        self.engine.set_devices([self.known_devices[d] for d in unknown])
+        self.rules_runtime.set_devices([self.known_devices[d] for d in unknown])
         return batch, table
 
     def _reject_unknown(self, batch: IngestBatch, unknown: list[str]) -> IngestBatch:
@@ -214,18 +228,16 @@ class Service:
                 )
 
     # --- rules -----------------------------------------------------------------------------------------
+    @property
+    def engine(self) -> RuleEngine:
+        return self.rules_runtime.engine
+
+    @property
+    def loaded_rules(self) -> LoadedRules:
+        return self.rules_runtime.loaded
+
     def _load_rules(self) -> None:
-        files = (builtin_pack_files() if self.cfg.rules.builtin_packs else []) + list(self.cfg.rules.packs)
-        self.loaded_rules = load_packs(files)
-        self.engine = RuleEngine(self.loaded_rules.rules, {m.name: m.unit for m in self.catalogue.values()})
-        self.engine.set_devices(self.known_devices.values())
-        log.info(
-            "rules: %d loaded from %d packs, %d device bindings, %d problems",
-            len(self.loaded_rules.rules),
-            len(files),
-            self.engine.binding_count,
-            len(self.loaded_rules.problems),
-        )
+        self.rules_runtime.load(self.known_devices)
 
     async def _rules_loop(self) -> None:
         tick = self.cfg.rules.tick_ms / 1000
@@ -237,17 +249,19 @@ class Service:
     async def _drain_rules(self) -> None:
         with contextlib.suppress(Exception):
             await self._evaluate_pending()
+            await self.rules_runtime.persist()
 
     async def _evaluate_pending(self) -> None:
         tables = []
         while not self._rules_queue.empty():
             tables.append(self._rules_queue.get_nowait())
-        if not tables:
-            return
-        readings = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+        # Evaluated every tick even without new readings: silence is what offline rules look for.
+        readings = pa.concat_tables(tables) if len(tables) > 1 else tables[0] if tables else _NO_READINGS
         try:
-            findings = await asyncio.to_thread(self.engine.evaluate, readings)
-            await self.alerts.apply(findings)
+            findings = await asyncio.to_thread(self.rules_runtime.evaluate, readings)
+            if findings:
+                await self.alerts.apply(findings)
+            await self.rules_runtime.persist()
         except Exception:
             self.rule_errors += 1
             log.exception("rule evaluation failed for %d readings; continuing with the next batch", readings.num_rows)
@@ -256,10 +270,9 @@ class Service:
     def _load_known_devices(self) -> None:
         con = self.writer.reader()
         try:
-            rows = con.execute("SELECT device_id, site, kind, tags FROM devices").fetchall()
+            self.known_devices = devices_from_ledger(con)
         finally:
             con.close()
-        self.known_devices = {r[0]: DeviceInfo(r[0], r[1], r[2], tuple(r[3] or ())) for r in rows}
 
     # --- HTTP ------------------------------------------------------------------------------------------
     async def _start_http(self) -> None:

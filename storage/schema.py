@@ -162,6 +162,26 @@ MIGRATIONS: tuple[Migration, ...] = (
             FROM readings GROUP BY device_id, metric;
         """,
     ),
+    Migration(
+        3,
+        "rule state (pending, firing) surviving restarts",
+        """
+        -- One row per rule x device x metric that is pending (inside its `for`) or firing. Rewritten
+        -- by the rules stage through the single writer; read at start-up so a restart neither
+        -- re-pages what already fired nor forgets how long a condition has been holding.
+        CREATE TABLE rule_state (
+            rule_id        VARCHAR NOT NULL,
+            device_id      VARCHAR NOT NULL,
+            metric         VARCHAR NOT NULL,
+            pending_since  TIMESTAMPTZ,
+            breaches       BIGINT NOT NULL DEFAULT 0,
+            firing         BOOLEAN NOT NULL,
+            fired_at       TIMESTAMPTZ,
+            updated_at     TIMESTAMPTZ NOT NULL DEFAULT now(),
+            PRIMARY KEY (rule_id, device_id, metric)
+        );
+        """,
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
