@@ -184,6 +184,11 @@ class RuleEngine:
         self._last_seen = pl.DataFrame(schema={"device_id": pl.String(), "last_ts": pl.Int64()})
         self._now_us: int | None = None
         self._last_window_bucket: int | None = None
+        self._stat_keys = pl.DataFrame()
+        self._retention = pl.DataFrame()
+        self._key_params = pl.DataFrame()
+        self._touched: list[pl.Series] = []
+        self._touched_all = True
         self.failed_rules: dict[str, str] = {}
         self.evaluations = 0
         self.readings_evaluated = 0
@@ -281,6 +286,14 @@ class RuleEngine:
                 window_s = max(window_s, rule.window_s or 300.0)
         self._window_metrics = needed
         self._window_us = int(min(window_s, self.max_window_s) * 1_000_000) + self.bucket_us
+        self._stat_keys = self._build_stat_keys(bindings)
+        self._retention = (
+            self._stat_keys.group_by("metric")
+            .agg(keep_us=(pl.col("window_s").max().clip(upper_bound=self.max_window_s) * 1e6).cast(pl.Int64))
+            .with_columns(pl.col("keep_us") + self.bucket_us)
+        )
+        self._key_params = bindings.select(*_KEY, "variant", "site", "for_us", "repeat").unique(_KEY)
+        self._touched_all = True
         for key, rule in self._variants.items():
             if rule.kind == "expression" and key not in self._compiled:
                 assert rule.expression is not None
@@ -290,6 +303,31 @@ class RuleEngine:
                 )
         self._bindings = bindings
         log.debug("rules bound: %d rule x device x metric bindings", bindings.height)
+
+    def _build_stat_keys(self, bindings: pl.DataFrame) -> pl.DataFrame:
+        """Distinct (device, metric, window) the windowed kinds need; `always` marks deviation keys,
+        judged every time because peers are compared with each other."""
+        parts = [
+            bindings.filter(pl.col("kind").is_in(["rate", "trend", "stuck", "deviation"])).select(
+                "device_id", "metric", "window_s", always=pl.col("kind") == "deviation"
+            )
+        ]
+        for (variant,), group in (
+            bindings.filter(pl.col("kind") == "expression").partition_by("variant", as_dict=True).items()
+        ):
+            rule = self._variants[str(variant)]
+            inputs = pl.DataFrame({"metric": rule.input_metrics}, schema={"metric": pl.String()})
+            parts.append(
+                group.select("device_id")
+                .unique()
+                .join(inputs, how="cross")
+                .with_columns(window_s=pl.lit(rule.window_s or 300.0), always=pl.lit(False))
+            )
+        return (
+            pl.concat(parts, how="vertical_relaxed")
+            .group_by("device_id", "metric", "window_s")
+            .agg(pl.col("always").any())
+        )
 
     @property
     def binding_count(self) -> int:
@@ -368,7 +406,14 @@ class RuleEngine:
         self._buckets = pl.concat([old, overlap.select(list(_BUCKET_SCHEMA))])
 
     def _trim(self, now_us: int) -> None:
-        self._buckets = self._buckets.filter(pl.col("b") >= now_us - self._window_us)
+        """Keep per metric only the buckets its longest window needs."""
+        if self._retention.height == 0:
+            return
+        self._buckets = (
+            self._buckets.join(self._retention, on="metric", how="inner")
+            .filter(pl.col("b") >= now_us - pl.col("keep_us"))
+            .drop("keep_us")
+        )
 
     def prime(self, readings: pa.Table | pl.DataFrame) -> None:
         """Fill the windows from stored history (at start-up) without judging anything."""
@@ -430,6 +475,8 @@ class RuleEngine:
         else:
             observations = []
         self._fold(good, all_times)
+        if good.height:
+            self._touched.append(good["device_id"].unique())
         off = self._by_kind.get("offline")
         if off is not None:
             seen = self._last_seen.lazy()
@@ -448,7 +495,18 @@ class RuleEngine:
         return findings
 
     def _windowed(self, now_us: int, sun: Callable[[pl.DataFrame], pl.LazyFrame]) -> list[_Plan]:
-        buckets = self._buckets.lazy()
+        keys = self._stat_keys
+        if keys.height == 0:
+            return []
+        if not self._touched_all:
+            # Only devices with new data since the last windowed pass (their windows moved), devices
+            # with pending or firing state (so they can clear), and every deviation peer.
+            touched = pl.concat([*self._touched, self._state["device_id"]]).unique()
+            keys = keys.filter(pl.col("always") | pl.col("device_id").is_in(touched.implode()))
+        self._touched = []
+        self._touched_all = False
+        stats = kinds.window_stats(self._buckets.lazy(), keys.lazy().select("device_id", "metric", "window_s"), now_us)
+        stats_lazy = stats.collect().lazy()
         plans: list[_Plan] = []
         evaluators: dict[str, Callable[[pl.LazyFrame, pl.LazyFrame, int], pl.LazyFrame]] = {
             "rate": kinds.rate,
@@ -459,7 +517,7 @@ class RuleEngine:
         for name, fn in evaluators.items():
             b = self._by_kind.get(name)
             if b is not None:
-                plans.append((name, b, lambda bb, fn=fn: fn(buckets, sun(bb), now_us)))  # type: ignore[misc]
+                plans.append((name, b, lambda bb, fn=fn: fn(stats_lazy, sun(bb), now_us)))  # type: ignore[misc]
         expr_bindings = self._by_kind.get("expression")
         if expr_bindings is not None:
             for (variant,), group in expr_bindings.partition_by("variant", as_dict=True).items():
@@ -470,7 +528,7 @@ class RuleEngine:
                     bb: pl.DataFrame, expr: pl.Expr = expr, when: pl.Expr | None = when, rule: Rule = rule
                 ) -> pl.LazyFrame:
                     return kinds.expression(
-                        buckets, sun(bb), now_us, expr, when, rule.input_metrics, rule.window_s or 300.0
+                        stats_lazy, sun(bb), now_us, expr, when, rule.input_metrics, rule.window_s or 300.0
                     )
 
                 plans.append(("expression", group, plan))
@@ -547,6 +605,13 @@ class RuleEngine:
     # --- state machine --------------------------------------------------------------------------
     def _advance(self, obs: pl.DataFrame) -> list[Finding]:
         extras = ["seconds_to_limit", "slope_per_s", "peer_median", "ratio", "z", "caused_by"]
+        # Most observations are healthy readings of keys with no state: they change nothing.
+        relevant = obs.filter(pl.col("breach")).select(_KEY).unique()
+        if self._state.height:
+            relevant = pl.concat([relevant, self._state.select(_KEY)]).unique()
+        if relevant.height == 0:
+            return []
+        obs = obs.join(relevant, on=_KEY, how="semi")
         per_key = (
             obs.lazy()
             .with_columns(last_ok_ts=pl.col("ts_us").filter(~pl.col("breach")).max().over(_KEY))
@@ -565,11 +630,7 @@ class RuleEngine:
                 pl.col("after_ok").sum().cast(pl.Int64).alias("new_breaches"),
                 *[pl.col(c).last() for c in extras],
             )
-            .join(
-                self._bindings.lazy().select(*_KEY, "variant", "site", "for_us", "repeat").unique(_KEY),
-                on=_KEY,
-                how="inner",
-            )
+            .join(self._key_params.lazy(), on=_KEY, how="inner")
             .join(self._state.lazy(), on=_KEY, how="left")
             .with_columns(pl.col("firing").fill_null(False), pl.col("breaches").fill_null(0))
             .with_columns(

@@ -61,24 +61,21 @@ def threshold(readings: pl.LazyFrame, bindings: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def _window(buckets: pl.LazyFrame, bindings: pl.LazyFrame, now_us: int) -> pl.LazyFrame:
-    """The buckets inside each binding's window, with x = seconds before now (negative)."""
+def window_stats(buckets: pl.LazyFrame, keys: pl.LazyFrame, now_us: int) -> pl.LazyFrame:
+    """One pass over the bucket store: per device, metric and window length, the sums a line fit
+    needs, the extremes (stuck), the mean (deviation, expression) and the latest bucket mean.
+
+    `keys` holds the distinct (device_id, metric, window_s) the windowed rules of this tick need;
+    rules sharing a metric and window share one aggregate."""
+    x, y = pl.col("x"), pl.col("y")
     return (
-        buckets.join(bindings, on=["device_id", "metric"], how="inner")
+        buckets.join(keys, on=["device_id", "metric"], how="inner")
         .filter(pl.col("b") >= now_us - (pl.col("window_s") * 1e6).cast(pl.Int64))
         .with_columns(
             y=pl.col("s") / pl.col("n"),
             x=(pl.col("b") - now_us).cast(pl.Float64) / 1e6 + pl.col("toff") / pl.col("n"),
         )
-    )
-
-
-def _fit(buckets: pl.LazyFrame, bindings: pl.LazyFrame, now_us: int) -> pl.LazyFrame:
-    """Least-squares line over each binding's window: slope (per s), value fitted at now, its noise."""
-    x, y = pl.col("x"), pl.col("y")
-    agg = (
-        _window(buckets, bindings, now_us)
-        .group_by("rule_id", "device_id", "metric")
+        .group_by("device_id", "metric", "window_s")
         .agg(
             k=pl.len(),
             sx=x.sum(),
@@ -86,15 +83,26 @@ def _fit(buckets: pl.LazyFrame, bindings: pl.LazyFrame, now_us: int) -> pl.LazyF
             sxx=(x * x).sum(),
             sxy=(x * y).sum(),
             syy=(y * y).sum(),
-            last=y.sort_by("x").last(),
-            last_ts=pl.col("last_ts").max(),
+            last=y.get(x.arg_max()),
+            lo=pl.col("lo").min(),
+            hi=pl.col("hi").max(),
+            first_b=pl.col("b").min(),
+            mean=pl.col("s").sum() / pl.col("n").sum(),
         )
     )
+
+
+_STATS_KEY = ["device_id", "metric", "window_s"]
+
+
+def _fit(stats: pl.LazyFrame, bindings: pl.LazyFrame) -> pl.LazyFrame:
+    """Least-squares line over each binding's window: slope (per s), value fitted at now, its noise."""
     k = pl.col("k").cast(pl.Float64)
     sxx_c = pl.col("sxx") - pl.col("sx") ** 2 / k
     slope = (pl.col("sxy") - pl.col("sx") * pl.col("sy") / k) / sxx_c
     return (
-        agg.with_columns(slope=pl.when(sxx_c > 1e-12).then(slope).otherwise(0.0))
+        bindings.join(stats, on=_STATS_KEY, how="inner")
+        .with_columns(slope=pl.when(sxx_c > 1e-12).then(slope).otherwise(0.0))
         .with_columns(fitted=(pl.col("sy") - pl.col("slope") * pl.col("sx")) / k)
         .with_columns(
             sse=(pl.col("syy") - pl.col("fitted") * pl.col("sy") - pl.col("slope") * pl.col("sxy")).clip(lower_bound=0)
@@ -104,11 +112,10 @@ def _fit(buckets: pl.LazyFrame, bindings: pl.LazyFrame, now_us: int) -> pl.LazyF
             .then((pl.col("sse") / (k - 2) / sxx_c).sqrt())
             .otherwise(float("inf"))
         )
-        .join(bindings, on=["rule_id", "device_id", "metric"], how="inner")
     )
 
 
-def rate(buckets: pl.LazyFrame, bindings: pl.LazyFrame, now_us: int) -> pl.LazyFrame:
+def rate(stats: pl.LazyFrame, bindings: pl.LazyFrame, now_us: int) -> pl.LazyFrame:
     per_min = pl.col("slope") * 60
     significant = (pl.col("k") >= pl.col("min_points")) & (
         pl.col("slope").abs() > pl.col("noise_factor") * pl.col("slope_se")
@@ -118,7 +125,7 @@ def rate(buckets: pl.LazyFrame, bindings: pl.LazyFrame, now_us: int) -> pl.LazyF
         | (pl.col("fall_per_min").is_not_null() & (-per_min > pl.col("fall_per_min")))
     )
     frame = (
-        _fit(buckets, bindings, now_us)
+        _fit(stats, bindings)
         .filter(pl.col("daylight") | ~pl.col("daylight_only"))
         .select(
             "rule_id",
@@ -134,7 +141,7 @@ def rate(buckets: pl.LazyFrame, bindings: pl.LazyFrame, now_us: int) -> pl.LazyF
     return conform(frame)
 
 
-def trend(buckets: pl.LazyFrame, bindings: pl.LazyFrame, now_us: int) -> pl.LazyFrame:
+def trend(stats: pl.LazyFrame, bindings: pl.LazyFrame, now_us: int) -> pl.LazyFrame:
     """Time until the fitted line reaches the limit; fires when that is within the horizon."""
     sign = pl.when(pl.col("rising")).then(1.0).otherwise(-1.0)
     towards = pl.col("slope") * sign  # positive: moving towards the limit
@@ -153,7 +160,7 @@ def trend(buckets: pl.LazyFrame, bindings: pl.LazyFrame, now_us: int) -> pl.Lazy
         (pl.col("k") >= pl.col("min_points")) & ~reached & (below_floor | (pl.col("seconds") > 2 * pl.col("horizon_s")))
     )
     frame = (
-        _fit(buckets, bindings, now_us)
+        _fit(stats, bindings)
         .filter(pl.col("daylight") | ~pl.col("daylight_only"))
         .with_columns(seconds=seconds)
         .select(
@@ -171,18 +178,11 @@ def trend(buckets: pl.LazyFrame, bindings: pl.LazyFrame, now_us: int) -> pl.Lazy
     return conform(frame)
 
 
-def stuck(buckets: pl.LazyFrame, bindings: pl.LazyFrame, now_us: int) -> pl.LazyFrame:
+def stuck(stats: pl.LazyFrame, bindings: pl.LazyFrame, now_us: int) -> pl.LazyFrame:
     """A value that does not move at all over the window (a frozen sensor or register)."""
     frame = (
-        _window(buckets, bindings, now_us)
-        .group_by("rule_id", "device_id", "metric")
-        .agg(
-            k=pl.len(),
-            spread=pl.col("hi").max() - pl.col("lo").min(),
-            value=pl.col("y").sort_by("x").last(),
-            first_b=pl.col("b").min(),
-        )
-        .join(bindings, on=["rule_id", "device_id", "metric"], how="inner")
+        bindings.join(stats, on=_STATS_KEY, how="inner")
+        .with_columns(spread=pl.col("hi") - pl.col("lo"), value=pl.col("last"))
         # The window must be (nearly) full: a device that just came online is not stuck.
         .with_columns(full=(pl.col("first_b") <= now_us - (pl.col("window_s") * 0.9e6).cast(pl.Int64)))
         .select(
@@ -246,17 +246,15 @@ def data_gap(readings: pl.LazyFrame, last_seen: pl.LazyFrame, bindings: pl.LazyF
     return conform(frame)
 
 
-def deviation(buckets: pl.LazyFrame, bindings: pl.LazyFrame, now_us: int) -> pl.LazyFrame:
+def deviation(stats: pl.LazyFrame, bindings: pl.LazyFrame, now_us: int) -> pl.LazyFrame:
     """Each device (and metric) against its peers: same rule, site and device kind (and model).
 
     Robust statistics: the peer median and the MAD; the ratio to the median decides, the robust
     z-score confirms it is outside the peers' normal spread.
     """
     per_binding = (
-        _window(buckets, bindings, now_us)
-        .group_by("rule_id", "device_id", "metric")
-        .agg(raw=pl.col("s").sum() / pl.col("n").sum())
-        .join(bindings, on=["rule_id", "device_id", "metric"], how="inner")
+        bindings.join(stats, on=_STATS_KEY, how="inner")
+        .with_columns(raw=pl.col("mean"))
         .filter(pl.col("daylight") | ~pl.col("daylight_only"))
         .with_columns(
             v=pl.when(pl.col("normalise") & (pl.col("rated_kw") > 0))
@@ -307,7 +305,7 @@ def deviation(buckets: pl.LazyFrame, bindings: pl.LazyFrame, now_us: int) -> pl.
 
 
 def expression(
-    buckets: pl.LazyFrame,
+    stats: pl.LazyFrame,
     bindings: pl.LazyFrame,
     now_us: int,
     expr: pl.Expr,
@@ -315,14 +313,10 @@ def expression(
     inputs: list[str],
     window_s: float,
 ) -> pl.LazyFrame:
-    """One expression rule over all its devices: the latest window mean of each input metric, side by
+    """One expression rule over all its devices: the window mean of each input metric, side by
     side per device, then the expression, then above/below/band like a threshold."""
-    window_us = int(window_s * 1e6)
-    means = (
-        buckets.filter(pl.col("metric").is_in(inputs) & (pl.col("b") >= now_us - window_us))
-        .join(bindings.select("device_id").unique(), on="device_id", how="inner")
-        .group_by("device_id", "metric")
-        .agg(mean=pl.col("s").sum() / pl.col("n").sum())
+    means = stats.filter(pl.col("metric").is_in(inputs) & (pl.col("window_s") == window_s)).select(
+        "device_id", "metric", "mean"
     )
     # Side by side per device; a device missing an input is not judged.
     wide = (
