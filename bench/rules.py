@@ -31,9 +31,9 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rules.engine import DeviceInfo, RuleEngine, SiteInfo  # noqa: E402
-from rules.loader import builtin_pack_files, load_packs  # noqa: E402
-from simulator.fleet import METRIC_UNITS, DeviceSpec, metric_names  # noqa: E402
+from rules.engine import DeviceInfo, RuleEngine, SiteInfo
+from rules.loader import builtin_pack_files, load_packs
+from simulator.fleet import METRIC_UNITS, DeviceSpec, metric_names
 
 KINDS = ("charger_ac", "charger_dc", "pv_inverter", "box_transformer")
 # Typical healthy levels per metric suffix, so nothing fires and the state machine does its normal work.
