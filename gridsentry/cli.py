@@ -25,6 +25,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from gridsentry import __version__
+from gridsentry.cli_rules import rules_app
 from gridsentry.config import Config, ConfigError, example_yaml, load_config
 from gridsentry.service import RUNTIME_FILE, Service
 from storage.sql import QueryRejectedError, QueryResult, QueryTimeoutError, run_read_query
@@ -36,6 +37,7 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Validate and inspect configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+app.add_typer(rules_app, name="rules")
 
 console = Console()
 err_console = Console(stderr=True)
