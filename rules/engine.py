@@ -28,7 +28,7 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from rules import kinds
+from rules import kinds, windows
 from rules.model import TELEMETRY, Finding, Override, Rule, format_duration
 from rules.sun import is_daylight
 from storage.batch import Quality
@@ -189,6 +189,14 @@ class RuleEngine:
         self._key_params = pl.DataFrame()
         self._touched: list[pl.Series] = []
         self._touched_all = True
+        self._sums = pl.DataFrame(schema=windows.SUMS_SCHEMA)
+        self._stuck = pl.DataFrame(schema=windows.STUCK_SCHEMA)
+        self._edge: int | None = None
+        self._window_lengths: list[float] = []
+        self._passes = 0
+        self._edge_before: int | None = None
+        self._origin: int | None = None
+        self._dirty: list[pl.DataFrame] = []
         self.failed_rules: dict[str, str] = {}
         self.evaluations = 0
         self.readings_evaluated = 0
@@ -287,13 +295,13 @@ class RuleEngine:
         self._window_metrics = needed
         self._window_us = int(min(window_s, self.max_window_s) * 1_000_000) + self.bucket_us
         self._stat_keys = self._build_stat_keys(bindings)
-        self._retention = (
-            self._stat_keys.group_by("metric")
-            .agg(keep_us=(pl.col("window_s").max().clip(upper_bound=self.max_window_s) * 1e6).cast(pl.Int64))
-            .with_columns(pl.col("keep_us") + self.bucket_us)
+        self._retention = self._stat_keys.group_by("metric").agg(
+            keep_us=(pl.col("window_s").max().clip(upper_bound=self.max_window_s) * 1e6).cast(pl.Int64)
         )
         self._key_params = bindings.select(*_KEY, "variant", "site", "for_us", "repeat").unique(_KEY)
+        self._window_lengths = sorted(set(self._stat_keys["window_s"].to_list())) if self._stat_keys.height else []
         self._touched_all = True
+        self._edge = None  # the window sums are rebuilt from the bucket store at the next pass
         for key, rule in self._variants.items():
             if rule.kind == "expression" and key not in self._compiled:
                 assert rule.expression is not None
@@ -308,7 +316,7 @@ class RuleEngine:
         """Distinct (device, metric, window) the windowed kinds need; `always` marks deviation keys,
         judged every time because peers are compared with each other."""
         parts = [
-            bindings.filter(pl.col("kind").is_in(["rate", "trend", "stuck", "deviation"])).select(
+            bindings.filter(pl.col("kind").is_in(["rate", "trend", "deviation"])).select(
                 "device_id", "metric", "window_s", always=pl.col("kind") == "deviation"
             )
         ]
@@ -389,6 +397,9 @@ class RuleEngine:
             return
         oldest_fresh = fresh["b"].min()
         assert isinstance(oldest_fresh, int)
+        if self._edge is not None and oldest_fresh < self._edge:
+            # Late data for buckets already counted in the window sums: recount those series.
+            self._dirty.append(fresh.filter(pl.col("b") < self._edge).select("device_id", "metric").unique())
         # Only buckets at or after the oldest fresh one can collide; the rest stay untouched.
         old = self._buckets.filter(pl.col("b") < oldest_fresh)
         overlap = (
@@ -405,13 +416,11 @@ class RuleEngine:
         )
         self._buckets = pl.concat([old, overlap.select(list(_BUCKET_SCHEMA))])
 
-    def _trim(self, now_us: int) -> None:
-        """Keep per metric only the buckets its longest window needs."""
-        if self._retention.height == 0:
-            return
+    def _trim(self, edge_us: int) -> None:
+        """Keep per metric only the buckets its longest window needs (and the open bucket)."""
         self._buckets = (
-            self._buckets.join(self._retention, on="metric", how="inner")
-            .filter(pl.col("b") >= now_us - pl.col("keep_us"))
+            self._buckets.join(self._retention, on="metric", how="left")
+            .filter(pl.col("b") >= edge_us - pl.col("keep_us").fill_null(0))
             .drop("keep_us")
         )
 
@@ -485,7 +494,6 @@ class RuleEngine:
         if bucket_now != self._last_window_bucket:
             # Windowed kinds judge once per bucket: their inputs change at bucket resolution.
             self._last_window_bucket = bucket_now
-            self._trim(now_us)
             plans += self._windowed(now_us, sun)
         observations += self._run(plans, findings)
         obs = [o for o in observations if o.height]
@@ -496,28 +504,38 @@ class RuleEngine:
 
     def _windowed(self, now_us: int, sun: Callable[[pl.DataFrame], pl.LazyFrame]) -> list[_Plan]:
         keys = self._stat_keys
-        if keys.height == 0:
+        if keys.height == 0 and "stuck" not in self._by_kind:
             return []
-        if not self._touched_all:
+        if not self._touched_all and keys.height:
             # Only devices with new data since the last windowed pass (their windows moved), devices
             # with pending or firing state (so they can clear), and every deviation peer.
             touched = pl.concat([*self._touched, self._state["device_id"]]).unique()
             keys = keys.filter(pl.col("always") | pl.col("device_id").is_in(touched.implode()))
         self._touched = []
         self._touched_all = False
-        stats = kinds.window_stats(self._buckets.lazy(), keys.lazy().select("device_id", "metric", "window_s"), now_us)
-        stats_lazy = stats.collect().lazy()
+        edge = (now_us // self.bucket_us) * self.bucket_us
+        stats_lazy = self._advance_windows(edge, now_us, keys)
+        stuck_bindings = self._by_kind.get("stuck")
+        if stuck_bindings is not None:
+            self._stuck = windows.update_stuck(
+                self._stuck, self._buckets.lazy(), stuck_bindings.lazy(), self._edge_before, edge
+            )
+            stuck_state = self._stuck.lazy()
+        self._passes += 1
+        if self._passes % 10 == 1:
+            self._trim(edge)  # a pass over the whole store: not needed every bucket
         plans: list[_Plan] = []
         evaluators: dict[str, Callable[[pl.LazyFrame, pl.LazyFrame, int], pl.LazyFrame]] = {
             "rate": kinds.rate,
             "trend": kinds.trend,
-            "stuck": kinds.stuck,
             "deviation": kinds.deviation,
         }
         for name, fn in evaluators.items():
             b = self._by_kind.get(name)
             if b is not None:
                 plans.append((name, b, lambda bb, fn=fn: fn(stats_lazy, sun(bb), now_us)))  # type: ignore[misc]
+        if stuck_bindings is not None:
+            plans.append(("stuck", stuck_bindings, lambda bb: kinds.stuck(stuck_state, bb.lazy(), edge)))
         expr_bindings = self._by_kind.get("expression")
         if expr_bindings is not None:
             for (variant,), group in expr_bindings.partition_by("variant", as_dict=True).items():
@@ -533,6 +551,32 @@ class RuleEngine:
 
                 plans.append(("expression", group, plan))
         return plans
+
+    def _advance_windows(self, edge: int, now_us: int, touched_keys: pl.DataFrame) -> pl.LazyFrame:
+        """Bring the window sums up to `edge` (buckets before it are closed) and return the
+        statistics of the keys to judge, relative to now."""
+        all_keys = self._stat_keys.lazy().select("device_id", "metric", "window_s")
+        buckets = self._buckets.lazy()
+        self._edge_before = self._edge
+        if self._edge is None or self._origin is None:
+            self._origin = edge
+            self._sums = windows.full(buckets, all_keys, self._origin, edge).collect()
+        elif edge > self._edge:
+            change = windows.delta(buckets, all_keys, self._origin, self._edge, edge, self._window_lengths).collect()
+            self._sums = windows.apply(self._sums, change)
+        if self._dirty and self._edge is not None:
+            dirty = pl.concat(self._dirty).unique()
+            recount = all_keys.join(dirty.lazy(), on=["device_id", "metric"], how="semi")
+            fresh = windows.full(buckets, recount, self._origin, edge).collect()
+            self._sums = pl.concat(
+                [self._sums.join(dirty, on=["device_id", "metric"], how="anti"), fresh], how="vertical_relaxed"
+            )
+        self._dirty = []
+        self._edge = edge
+        judged = self._sums.lazy().join(
+            touched_keys.lazy().select("device_id", "metric", "window_s"), on=windows.KEY, how="semi"
+        )
+        return windows.relative_to_now(judged, self._origin, now_us).collect().lazy()
 
     def _run(self, plans: list[_Plan], findings: list[Finding]) -> list[pl.DataFrame]:
         """Collect every kind's plan in one go (Polars runs them in parallel); if that raises,

@@ -61,37 +61,6 @@ def threshold(readings: pl.LazyFrame, bindings: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def window_stats(buckets: pl.LazyFrame, keys: pl.LazyFrame, now_us: int) -> pl.LazyFrame:
-    """One pass over the bucket store: per device, metric and window length, the sums a line fit
-    needs, the extremes (stuck), the mean (deviation, expression) and the latest bucket mean.
-
-    `keys` holds the distinct (device_id, metric, window_s) the windowed rules of this tick need;
-    rules sharing a metric and window share one aggregate."""
-    x, y = pl.col("x"), pl.col("y")
-    return (
-        buckets.join(keys, on=["device_id", "metric"], how="inner")
-        .filter(pl.col("b") >= now_us - (pl.col("window_s") * 1e6).cast(pl.Int64))
-        .with_columns(
-            y=pl.col("s") / pl.col("n"),
-            x=(pl.col("b") - now_us).cast(pl.Float64) / 1e6 + pl.col("toff") / pl.col("n"),
-        )
-        .group_by("device_id", "metric", "window_s")
-        .agg(
-            k=pl.len(),
-            sx=x.sum(),
-            sy=y.sum(),
-            sxx=(x * x).sum(),
-            sxy=(x * y).sum(),
-            syy=(y * y).sum(),
-            last=y.get(x.arg_max()),
-            lo=pl.col("lo").min(),
-            hi=pl.col("hi").max(),
-            first_b=pl.col("b").min(),
-            mean=pl.col("s").sum() / pl.col("n").sum(),
-        )
-    )
-
-
 _STATS_KEY = ["device_id", "metric", "window_s"]
 
 
@@ -132,7 +101,7 @@ def rate(stats: pl.LazyFrame, bindings: pl.LazyFrame, now_us: int) -> pl.LazyFra
             "device_id",
             "metric",
             ts_us=pl.lit(now_us, pl.Int64),
-            value=pl.col("last"),
+            value=pl.col("fitted"),
             slope_per_s=pl.col("slope"),
             breach=breach,
             cleared=~breach & (pl.col("k") >= pl.col("min_points")),
@@ -178,22 +147,20 @@ def trend(stats: pl.LazyFrame, bindings: pl.LazyFrame, now_us: int) -> pl.LazyFr
     return conform(frame)
 
 
-def stuck(stats: pl.LazyFrame, bindings: pl.LazyFrame, now_us: int) -> pl.LazyFrame:
-    """A value that does not move at all over the window (a frozen sensor or register)."""
-    frame = (
-        bindings.join(stats, on=_STATS_KEY, how="inner")
-        .with_columns(spread=pl.col("hi") - pl.col("lo"), value=pl.col("last"))
-        # The window must be (nearly) full: a device that just came online is not stuck.
-        .with_columns(full=(pl.col("first_b") <= now_us - (pl.col("window_s") * 0.9e6).cast(pl.Int64)))
-        .select(
-            "rule_id",
-            "device_id",
-            "metric",
-            "value",
-            ts_us=pl.lit(now_us, pl.Int64),
-            breach=pl.col("full") & (pl.col("k") >= pl.col("min_points")) & (pl.col("spread") <= pl.col("tolerance")),
-            cleared=pl.col("spread") > pl.col("tolerance"),
-        )
+def stuck(state: pl.LazyFrame, bindings: pl.LazyFrame, edge_us: int) -> pl.LazyFrame:
+    """A value that has not moved beyond the tolerance for the whole window (a frozen sensor or
+    register). `state` holds each binding's band and since when (see rules.windows)."""
+    held = (pl.lit(edge_us, pl.Int64) - pl.col("since")).cast(pl.Float64) / 1e6
+    frame = bindings.join(
+        state.filter(pl.col("updated") == edge_us), on=["rule_id", "device_id", "metric"], how="inner"
+    ).select(
+        "rule_id",
+        "device_id",
+        "metric",
+        ts_us=pl.lit(edge_us, pl.Int64),
+        value=(pl.col("lo") + pl.col("hi")) / 2,
+        breach=held >= pl.col("window_s"),
+        cleared=held < pl.col("window_s"),
     )
     return conform(frame)
 
