@@ -414,15 +414,24 @@ class RuleEngine:
                 pl.col("last_ts").max(),
             )
         )
-        self._buckets = pl.concat([old, overlap.select(list(_BUCKET_SCHEMA))])
+        self._buckets = pl.concat([old, overlap.select(list(_BUCKET_SCHEMA)).sort("b")])
+        if self._buckets.n_chunks() > 64:
+            self._buckets = self._buckets.rechunk()
+
+    def _cut(self, b_us: int) -> int:
+        """Index of the first bucket at or after `b_us` in the time-sorted store."""
+        return int(self._buckets["b"].search_sorted(b_us, side="left"))
+
+    def _between(self, lo_us: int, hi_us: int) -> pl.DataFrame:
+        start = self._cut(lo_us)
+        return self._buckets.slice(start, max(0, self._cut(hi_us) - start))
 
     def _trim(self, edge_us: int) -> None:
         """Keep per metric only the buckets its longest window needs (and the open bucket)."""
-        self._buckets = (
-            self._buckets.join(self._retention, on="metric", how="left")
-            .filter(pl.col("b") >= edge_us - pl.col("keep_us").fill_null(0))
-            .drop("keep_us")
-        )
+        keep = dict(zip(self._retention["metric"].to_list(), self._retention["keep_us"].to_list(), strict=True))
+        self._buckets = self._buckets.filter(
+            pl.col("b") >= edge_us - pl.col("metric").replace_strict(keep, default=0, return_dtype=pl.Int64)
+        ).rechunk()
 
     def prime(self, readings: pa.Table | pl.DataFrame) -> None:
         """Fill the windows from stored history (at start-up) without judging anything."""
@@ -518,7 +527,7 @@ class RuleEngine:
         stuck_bindings = self._by_kind.get("stuck")
         if stuck_bindings is not None:
             self._stuck = windows.update_stuck(
-                self._stuck, self._buckets.lazy(), stuck_bindings.lazy(), self._edge_before, edge
+                self._stuck, self._between, stuck_bindings.lazy(), self._edge_before, edge
             )
             stuck_state = self._stuck.lazy()
         self._passes += 1
@@ -562,7 +571,7 @@ class RuleEngine:
             self._origin = edge
             self._sums = windows.full(buckets, all_keys, self._origin, edge).collect()
         elif edge > self._edge:
-            change = windows.delta(buckets, all_keys, self._origin, self._edge, edge, self._window_lengths).collect()
+            change = windows.delta(self._between, all_keys, self._origin, self._edge, edge, self._window_lengths).collect()
             self._sums = windows.apply(self._sums, change)
         if self._dirty and self._edge is not None:
             dirty = pl.concat(self._dirty).unique()

@@ -17,6 +17,8 @@ they keep their own state instead: the band [lo, hi] the value has stayed in and
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import polars as pl
 
 KEY = ["device_id", "metric", "window_s"]
@@ -67,23 +69,22 @@ def full(buckets: pl.LazyFrame, keys: pl.LazyFrame, origin_us: int, edge_us: int
 
 
 def delta(
-    buckets: pl.LazyFrame,
+    between: Callable[[int, int], pl.DataFrame],
     keys: pl.LazyFrame,
     origin_us: int,
     prev_edge_us: int,
     edge_us: int,
     window_lengths: list[float],
 ) -> pl.LazyFrame:
-    """What changed between two passes: buckets closed since `prev_edge` in, buckets that slid out."""
-    # Cut the bucket store down by time first (cheap), join with the keys after (few rows left).
-    closed = buckets.filter((pl.col("b") >= prev_edge_us) & (pl.col("b") < edge_us)).join(
-        keys, on=["device_id", "metric"], how="inner"
-    )
+    """What changed between two passes: buckets closed since `prev_edge` in, buckets that slid out.
+
+    `between(lo, hi)` returns the buckets with lo <= b < hi (a slice of the time-sorted store)."""
+    closed = between(prev_edge_us, edge_us).lazy().join(keys, on=["device_id", "metric"], how="inner")
     # Per distinct window length (a handful), only the thin slice of buckets that slid out.
     expired = [
-        buckets.filter((pl.col("b") >= prev_edge_us - w_us) & (pl.col("b") < edge_us - w_us)).join(
-            keys.filter(pl.col("window_s") == w), on=["device_id", "metric"], how="inner"
-        )
+        between(prev_edge_us - w_us, edge_us - w_us)
+        .lazy()
+        .join(keys.filter(pl.col("window_s") == w), on=["device_id", "metric"], how="inner")
         for w, w_us in ((w, int(w * 1e6)) for w in window_lengths)
     ]
     return (
@@ -116,7 +117,11 @@ def relative_to_now(sums: pl.LazyFrame, origin_us: int, now_us: int) -> pl.LazyF
 
 
 def update_stuck(
-    state: pl.DataFrame, buckets: pl.LazyFrame, bindings: pl.LazyFrame, prev_edge_us: int | None, edge_us: int
+    state: pl.DataFrame,
+    between: Callable[[int, int], pl.DataFrame],
+    bindings: pl.LazyFrame,
+    prev_edge_us: int | None,
+    edge_us: int,
 ) -> pl.DataFrame:
     """Advance each stuck binding's band with the buckets closed since the last pass.
 
@@ -124,7 +129,8 @@ def update_stuck(
     it, it restarts at the newest bucket. `since` is when the current band began."""
     lower = prev_edge_us if prev_edge_us is not None else edge_us - 10**15
     closed = (
-        buckets.filter((pl.col("b") >= lower) & (pl.col("b") < edge_us))
+        between(lower, edge_us)
+        .lazy()
         .join(bindings.select("rule_id", "device_id", "metric", "tolerance"), on=["device_id", "metric"], how="inner")
         .group_by("rule_id", "device_id", "metric")
         .agg(
