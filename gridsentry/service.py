@@ -37,7 +37,8 @@ from gridsentry.config import Config, ConfigError, ConfigIssue, field_rules, met
 from gridsentry.exporter import build_registry
 from gridsentry.screens.fleet import ScreensView
 from rules.engine import DeviceInfo, RuleEngine
-from rules.loader import LoadedRules, builtin_pack_files, load_packs
+from rules.loader import LoadedRules
+from rules.runtime import RulesRuntime, devices_from_ledger
 from storage.batch import DeadLetter, IngestBatch, dead_letters_table
 from storage.history import HistoryJobs
 from storage.ledger import register_unknown_devices, sync_ledger
@@ -47,6 +48,15 @@ from storage.writer import CommitResult, StorageWriter
 log = logging.getLogger("gridsentry")
 
 RUNTIME_FILE = "runtime.json"
+_NO_READINGS = pa.table(
+    {
+        "ts": pa.array([], pa.timestamp("us", tz="UTC")),
+        "device_id": pa.array([], pa.string()),
+        "metric": pa.array([], pa.string()),
+        "value": pa.array([], pa.float64()),
+        "quality": pa.array([], pa.uint8()),
+    }
+)
 
 
 class Service:
@@ -63,10 +73,14 @@ class Service:
         self.history = HistoryJobs(self.writer, cfg.history, cfg.data_dir)
         self.sql = QueryRunner(self.writer.reader, concurrent=cfg.history.sql.concurrent, nice=cfg.history.sql.nice)
         self.catalogue = metric_catalogue(cfg)
-        self.loaded_rules: LoadedRules = LoadedRules()
-        self.engine = RuleEngine([])
         self.alert_stage = AlertStage(self.writer, cfg.alerts)
         self.alerts = self.alert_stage.lifecycle
+        self.rules_runtime = RulesRuntime(
+            self.writer,
+            {m.name: m.unit for m in self.catalogue.values()},
+            packs=cfg.rules.packs,
+            builtin_packs=cfg.rules.builtin_packs,
+        )
         self.collector_stats = CollectorStats()
         self.collector: MqttCollector | PahoMqttCollector | None = None  # the first broker's; `collectors` holds all
         self.collectors: list[MqttCollector | PahoMqttCollector] = []
@@ -209,7 +223,7 @@ class Service:
                 "first_seen": pa.array([now] * len(unknown), pa.timestamp("us", tz="UTC")),
             }
         )
-        self.engine.set_devices([self.known_devices[d] for d in unknown])
+        self.rules_runtime.set_devices([self.known_devices[d] for d in unknown])
         return batch, table
 
     def _reject_unknown(self, batch: IngestBatch, unknown: list[str]) -> IngestBatch:
@@ -254,18 +268,16 @@ class Service:
                 )
 
     # --- rules -----------------------------------------------------------------------------------------
+    @property
+    def engine(self) -> RuleEngine:
+        return self.rules_runtime.engine
+
+    @property
+    def loaded_rules(self) -> LoadedRules:
+        return self.rules_runtime.loaded
+
     def _load_rules(self) -> None:
-        files = (builtin_pack_files() if self.cfg.rules.builtin_packs else []) + list(self.cfg.rules.packs)
-        self.loaded_rules = load_packs(files)
-        self.engine = RuleEngine(self.loaded_rules.rules, {m.name: m.unit for m in self.catalogue.values()})
-        self.engine.set_devices(self.known_devices.values())
-        log.info(
-            "rules: %d loaded from %d packs, %d device bindings, %d problems",
-            len(self.loaded_rules.rules),
-            len(files),
-            self.engine.binding_count,
-            len(self.loaded_rules.problems),
-        )
+        self.rules_runtime.load(self.known_devices)
 
     async def _rules_loop(self) -> None:
         tick = self.cfg.rules.tick_ms / 1000
@@ -277,18 +289,20 @@ class Service:
     async def _drain_rules(self) -> None:
         with contextlib.suppress(Exception):
             await self._evaluate_pending()
+            await self.rules_runtime.persist()
 
     async def _evaluate_pending(self) -> None:
         tables = []
         while not self._rules_queue.empty():
             tables.append(self._rules_queue.get_nowait())
-        if not tables:
-            return
-        readings = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+        # Evaluated every tick even without new readings: silence is what offline rules look for.
+        readings = pa.concat_tables(tables) if len(tables) > 1 else tables[0] if tables else _NO_READINGS
         try:
-            findings = await asyncio.to_thread(self.engine.evaluate, readings)
+            findings = await asyncio.to_thread(self.rules_runtime.evaluate, readings)
             self.instruments.rule_evaluation_seconds.observe(self.engine.last_eval_seconds)
-            await self.alerts.apply(findings)
+            if findings:
+                await self.alerts.apply(findings)
+            await self.rules_runtime.persist()
         except Exception:
             self.rule_errors += 1
             log.exception("rule evaluation failed for %d readings; continuing with the next batch", readings.num_rows)
@@ -297,10 +311,9 @@ class Service:
     def _load_known_devices(self) -> None:
         con = self.writer.reader()
         try:
-            rows = con.execute("SELECT device_id, site, kind, tags FROM devices").fetchall()
+            self.known_devices = devices_from_ledger(con)
         finally:
             con.close()
-        self.known_devices = {r[0]: DeviceInfo(r[0], r[1], r[2], tuple(r[3] or ())) for r in rows}
 
     # --- HTTP ------------------------------------------------------------------------------------------
     async def _start_http(self) -> None:

@@ -1,19 +1,26 @@
 """Vectorised rule evaluation over committed batches with Polars.
 
-Rules are bound to devices once (rule x matching device x metric = a binding row). Each batch of
-committed readings is joined with the bindings and reduced per binding with group_by: there is no
-Python loop per device or reading. Only state changes (fire, clear) come back as Findings, and
-those are few.
+Rules are bound to devices once (rule x matching device x metric = a binding row, with the rule's
+parameters after overrides as columns). Each tick:
 
-Threshold semantics: the condition must hold on every good-quality reading for `for` seconds
-(measured on reading timestamps) before the rule fires; a firing rule clears when a reading is
-back past the threshold by `hysteresis`.
+1. the committed readings of the tick are checked against threshold rules reading by reading;
+2. they are folded into an in-memory bucket store (per device and metric: fixed-width buckets
+   with count, sum, min, max) that windowed kinds (rate, trend, stuck, deviation, expression)
+   read; the store keeps the longest window any rule needs;
+3. every device's last reading time feeds the offline and data-gap kinds;
+4. one state machine turns observations into fire / clear findings: the condition must hold for
+   `for` seconds and `repeat` evaluations; a firing rule clears when its clear condition holds.
+
+No step loops over devices or readings in Python. A kind that raises is retried rule by rule; the
+rule that fails is disabled and reported as a finding about GridSentry itself.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,22 +28,82 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from rules.model import Finding, Rule, format_duration
+from rules import kinds, windows
+from rules.model import TELEMETRY, Finding, Override, Rule, format_duration
+from rules.sun import is_daylight
 from storage.batch import Quality
 
 log = logging.getLogger(__name__)
 
 _KEY = ["rule_id", "device_id", "metric"]
 
-_STATE_SCHEMA = {
-    "rule_id": pl.String,
-    "device_id": pl.String,
-    "metric": pl.String,
-    "pending_since": pl.Int64,  # µs of the first reading of the current unbroken breach, or null
-    "firing": pl.Boolean,
+STATE_SCHEMA: dict[str, pl.DataType] = {
+    "rule_id": pl.String(),
+    "device_id": pl.String(),
+    "metric": pl.String(),
+    "pending_since": pl.Int64(),  # µs of the first observation of the current unbroken breach, or null
+    "breaches": pl.Int64(),  # consecutive breaching observations
+    "firing": pl.Boolean(),
+    "fired_at": pl.Int64(),  # µs, while firing
+}
+
+_BUCKET_SCHEMA: dict[str, pl.DataType] = {
+    "device_id": pl.String(),
+    "metric": pl.String(),
+    "b": pl.Int64(),
+    "n": pl.UInt32(),
+    "s": pl.Float64(),
+    "lo": pl.Float64(),
+    "hi": pl.Float64(),
+    "toff": pl.Float64(),
+    "last_ts": pl.Int64(),
+}
+
+_BINDING_SCHEMA: dict[str, pl.DataType] = {
+    "rule_id": pl.String(),
+    "variant": pl.String(),
+    "kind": pl.String(),
+    "device_id": pl.String(),
+    "metric": pl.String(),
+    "site": pl.String(),
+    "dkind": pl.String(),
+    "model": pl.String(),
+    "parent": pl.String(),
+    "rated_kw": pl.Float64(),
+    "interval_s": pl.Float64(),
+    "above": pl.Float64(),
+    "below": pl.Float64(),
+    "hysteresis": pl.Float64(),
+    "repeat": pl.Int64(),
+    "for_us": pl.Int64(),
+    "rise_per_min": pl.Float64(),
+    "fall_per_min": pl.Float64(),
+    "limit": pl.Float64(),
+    "rising": pl.Boolean(),
+    "horizon_s": pl.Float64(),
+    "floor": pl.Float64(),
+    "noise_factor": pl.Float64(),
+    "window_s": pl.Float64(),
+    "min_points": pl.Int64(),
+    "tolerance": pl.Float64(),
+    "missed_intervals": pl.Float64(),
+    "min_silence_s": pl.Float64(),
+    "ratio_below": pl.Float64(),
+    "ratio_above": pl.Float64(),
+    "min_z": pl.Float64(),
+    "min_peers": pl.Int64(),
+    "min_peer_median": pl.Float64(),
+    "normalise": pl.Boolean(),
+    "daylight_only": pl.Boolean(),
 }
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+SELF_DEVICE = "gridsentry"
+RULE_FAILED = "gridsentry.rule_failed"
+_WINDOWED = ("rate", "trend", "stuck", "deviation", "expression")
+
+# (kind, its bindings, bindings -> lazy observations)
+_Plan = tuple[str, pl.DataFrame, Callable[[pl.DataFrame], pl.LazyFrame]]
 
 
 @dataclass(frozen=True)
@@ -45,18 +112,97 @@ class DeviceInfo:
     site: str | None
     kind: str
     tags: tuple[str, ...] = ()
+    rated_kw: float | None = None
+    interval_s: float = 10.0
+    parent: str | None = None
+    model: str | None = None
+
+
+@dataclass(frozen=True)
+class SiteInfo:
+    site_id: str
+    latitude: float | None = None
+    longitude: float | None = None
+
+
+def _matches(rule_selector: Any, d: DeviceInfo) -> bool:
+    sel = rule_selector
+    if sel.kinds and d.kind not in sel.kinds:
+        return False
+    if sel.sites and d.site not in sel.sites:
+        return False
+    if sel.devices and d.device_id not in sel.devices:
+        return False
+    return not (sel.tags and not set(sel.tags) <= set(d.tags))
+
+
+def apply_overrides(rule: Rule, overrides: list[Override]) -> Rule:
+    """The rule with `overrides` applied in order (later wins), validated again as a whole."""
+    if not overrides:
+        return rule
+    data = rule.model_dump(by_alias=True)
+    if rule.kind == "expression" or rule.kind in ("offline", "data_gap"):
+        data.pop("metric", None)
+    for o in overrides:
+        data.update(o.set)
+    return Rule.model_validate(data)
+
+
+def to_us(ts: datetime) -> int:
+    return (ts - _EPOCH) // timedelta(microseconds=1)
+
+
+def from_us(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=int(us))
 
 
 class RuleEngine:
-    def __init__(self, rules: Iterable[Rule], units: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        rules: Iterable[Rule],
+        units: Mapping[str, str] | None = None,
+        *,
+        overrides: Iterable[Override] = (),
+        bucket_s: float = 30.0,
+        max_window_s: float = 6 * 3600.0,
+    ) -> None:
         self.rules = {r.id: r for r in rules}
+        self.overrides = list(overrides)
         self.units = dict(units or {})
+        self.bucket_us = int(bucket_s * 1_000_000)
+        self.max_window_s = max_window_s
         self._devices: dict[str, DeviceInfo] = {}
-        self._bindings = pl.DataFrame()
-        self._state = pl.DataFrame(schema=_STATE_SCHEMA)
+        self._sites: dict[str, SiteInfo] = {}
+        self._variants: dict[str, Rule] = {}
+        self._compiled: dict[str, tuple[pl.Expr, pl.Expr | None]] = {}
+        self._bindings = pl.DataFrame(schema=_BINDING_SCHEMA)
+        self._by_kind: dict[str, pl.DataFrame] = {}
+        self._window_metrics: set[str] = set()
+        self._window_us = 0
+        self._state = pl.DataFrame(schema=STATE_SCHEMA)
+        self._buckets = pl.DataFrame(schema=_BUCKET_SCHEMA)
+        self._last_seen = pl.DataFrame(schema={"device_id": pl.String(), "last_ts": pl.Int64()})
+        self._now_us: int | None = None
+        self._last_window_bucket: int | None = None
+        self._stat_keys = pl.DataFrame()
+        self._retention = pl.DataFrame()
+        self._key_params = pl.DataFrame()
+        self._touched: list[pl.Series] = []
+        self._touched_all = True
+        self._sums = pl.DataFrame(schema=windows.SUMS_SCHEMA)
+        self._stuck = pl.DataFrame(schema=windows.STUCK_SCHEMA)
+        self._edge: int | None = None
+        self._window_lengths: list[float] = []
+        self._passes = 0
+        self._edge_before: int | None = None
+        self._origin: int | None = None
+        self._dirty: list[pl.DataFrame] = []
+        self.failed_rules: dict[str, str] = {}
         self.evaluations = 0
         self.readings_evaluated = 0
         self.last_eval_seconds = 0.0
+        self.state_changed = False
+        self._rebind()
 
     # --- ledger ---------------------------------------------------------------------------------
     def set_devices(self, devices: Iterable[DeviceInfo]) -> None:
@@ -64,160 +210,600 @@ class RuleEngine:
             self._devices[d.device_id] = d
         self._rebind()
 
+    def set_sites(self, sites: Iterable[SiteInfo]) -> None:
+        for s in sites:
+            self._sites[s.site_id] = s
+
+    def _variant(self, rule: Rule, device: DeviceInfo) -> tuple[str, Rule]:
+        matching = [
+            (o.applies_to.specificity(), i, o)
+            for i, o in enumerate(self.overrides)
+            if rule.id in o.rules and _matches(o.applies_to, device)
+        ]
+        if not matching:
+            return rule.id, rule
+        matching.sort(key=lambda t: (t[0], t[1]))
+        key = rule.id + "#" + ",".join(str(i) for _, i, _ in matching)
+        if key not in self._variants:
+            try:
+                self._variants[key] = apply_overrides(rule, [o for _, _, o in matching])
+            except ValueError as exc:
+                log.error("override for rule %s on %s ignored: %s", rule.id, device.device_id, exc)
+                self._variants[key] = rule
+        return key, self._variants[key]
+
     def _rebind(self) -> None:
         rows: list[dict[str, Any]] = []
-        for rule in self.rules.values():
-            sel = rule.applies_to
+        for base in self.rules.values():
             for d in self._devices.values():
-                if sel.kinds and d.kind not in sel.kinds:
+                if not _matches(base.applies_to, d):
                     continue
-                if sel.sites and d.site not in sel.sites:
+                variant, rule = self._variant(base, d)
+                if not rule.enabled:
                     continue
-                if sel.devices and d.device_id not in sel.devices:
-                    continue
-                if sel.tags and not set(sel.tags) <= set(d.tags):
-                    continue
-                for metric in rule.metric:
-                    rows.append(
-                        {
-                            "rule_id": rule.id,
-                            "device_id": d.device_id,
-                            "metric": metric,
-                            "site": d.site,
-                            "above": rule.above is not None,
-                            "threshold": rule.threshold,
-                            "clear_level": rule.clear_level,
-                            "for_us": int(rule.for_s * 1_000_000),
-                        }
-                    )
-        self._bindings = pl.DataFrame(
-            rows,
-            schema={
-                "rule_id": pl.String,
-                "device_id": pl.String,
-                "metric": pl.String,
-                "site": pl.String,
-                "above": pl.Boolean,
-                "threshold": pl.Float64,
-                "clear_level": pl.Float64,
-                "for_us": pl.Int64,
-            },
+                self._variants.setdefault(variant, rule)
+                params = {
+                    "rule_id": base.id,
+                    "variant": variant,
+                    "kind": rule.kind,
+                    "device_id": d.device_id,
+                    "site": d.site,
+                    "dkind": d.kind,
+                    "model": d.model or "",
+                    "parent": d.parent,
+                    "rated_kw": d.rated_kw,
+                    "interval_s": d.interval_s,
+                    "above": rule.above,
+                    "below": rule.below,
+                    "hysteresis": rule.hysteresis,
+                    "repeat": rule.repeat,
+                    "for_us": int(rule.for_s * 1_000_000),
+                    "rise_per_min": rule.rise_per_min,
+                    "fall_per_min": rule.fall_per_min,
+                    "limit": rule.limit,
+                    "rising": rule.direction == "rising",
+                    "horizon_s": rule.horizon_s,
+                    "floor": rule.floor,
+                    "noise_factor": rule.noise_factor,
+                    "window_s": rule.window_s if rule.window_s is not None else 300.0,
+                    "min_points": rule.min_points,
+                    "tolerance": rule.tolerance,
+                    "missed_intervals": rule.missed_intervals,
+                    "min_silence_s": rule.min_silence_s,
+                    "ratio_below": rule.ratio_below,
+                    "ratio_above": rule.ratio_above,
+                    "min_z": rule.min_z,
+                    "min_peers": rule.min_peers,
+                    "min_peer_median": rule.min_peer_median,
+                    "normalise": rule.normalise == "rated_power",
+                    "daylight_only": rule.daylight_only,
+                }
+                for metric in rule.output_metrics:
+                    rows.append({**params, "metric": metric})
+        bindings = pl.DataFrame(rows, schema=_BINDING_SCHEMA)
+        self._by_kind = (
+            {str(k): frame for (k,), frame in bindings.partition_by("kind", as_dict=True).items()}
+            if bindings.height
+            else {}
         )
-        log.debug("rules bound: %d rule x device x metric bindings", self._bindings.height)
+        needed: set[str] = set()
+        window_s = 0.0
+        for rule in self._variants.values():
+            if rule.kind in _WINDOWED and rule.id in self.rules:
+                needed.update(rule.input_metrics)
+                window_s = max(window_s, rule.window_s or 300.0)
+        self._window_metrics = needed
+        self._window_us = int(min(window_s, self.max_window_s) * 1_000_000) + self.bucket_us
+        self._stat_keys = self._build_stat_keys(bindings)
+        self._retention = self._stat_keys.group_by("metric").agg(
+            keep_us=(pl.col("window_s").max().clip(upper_bound=self.max_window_s) * 1e6).cast(pl.Int64)
+        )
+        self._key_params = bindings.select(*_KEY, "variant", "site", "for_us", "repeat").unique(_KEY)
+        self._window_lengths = sorted(set(self._stat_keys["window_s"].to_list())) if self._stat_keys.height else []
+        self._touched_all = True
+        self._edge = None  # the window sums are rebuilt from the bucket store at the next pass
+        for key, rule in self._variants.items():
+            if rule.kind == "expression" and key not in self._compiled:
+                assert rule.expression is not None
+                self._compiled[key] = (
+                    pl.sql_expr(rule.expression),
+                    pl.sql_expr(rule.when) if rule.when else None,
+                )
+        self._bindings = bindings
+        log.debug("rules bound: %d rule x device x metric bindings", bindings.height)
+
+    def _build_stat_keys(self, bindings: pl.DataFrame) -> pl.DataFrame:
+        """Distinct (device, metric, window) the windowed kinds need; `always` marks deviation keys,
+        judged every time because peers are compared with each other."""
+        parts = [
+            bindings.filter(pl.col("kind").is_in(["rate", "trend", "deviation"])).select(
+                "device_id", "metric", "window_s", always=pl.col("kind") == "deviation"
+            )
+        ]
+        for (variant,), group in (
+            bindings.filter(pl.col("kind") == "expression").partition_by("variant", as_dict=True).items()
+        ):
+            rule = self._variants[str(variant)]
+            inputs = pl.DataFrame({"metric": rule.input_metrics}, schema={"metric": pl.String()})
+            parts.append(
+                group.select("device_id")
+                .unique()
+                .join(inputs, how="cross")
+                .with_columns(window_s=pl.lit(rule.window_s or 300.0), always=pl.lit(False))
+            )
+        return (
+            pl.concat(parts, how="vertical_relaxed")
+            .group_by("device_id", "metric", "window_s")
+            .agg(pl.col("always").any())
+        )
 
     @property
     def binding_count(self) -> int:
         return self._bindings.height
 
-    # --- evaluation -----------------------------------------------------------------------------
-    def evaluate(self, readings: pa.Table | pl.DataFrame) -> list[Finding]:
-        """Evaluate one committed batch (columns ts, device_id, metric, value, quality)."""
-        t0 = datetime.now(UTC)
+    @property
+    def window_metrics(self) -> set[str]:
+        return set(self._window_metrics)
+
+    @property
+    def window_seconds(self) -> float:
+        return self._window_us / 1e6
+
+    # --- windows --------------------------------------------------------------------------------
+    def _good(self, readings: pa.Table | pl.DataFrame) -> pl.DataFrame:
         frame = readings if isinstance(readings, pl.DataFrame) else pl.from_arrow(readings)
         assert isinstance(frame, pl.DataFrame)
-        bindings = self._bindings  # set_devices may swap it from another thread meanwhile
-        if frame.height == 0 or bindings.height == 0:
-            return []
-        self.evaluations += 1
-        self.readings_evaluated += frame.height
-        hits = (
+        if frame.height == 0:
+            return pl.DataFrame(
+                schema={"ts_us": pl.Int64(), "device_id": pl.String(), "metric": pl.String(), "value": pl.Float64()}
+            )
+        return (
             frame.lazy()
-            .filter(pl.col("quality") == int(Quality.GOOD))
+            .filter((pl.col("quality") == int(Quality.GOOD)) & pl.col("value").is_finite())
             .select(
                 pl.col("ts").dt.epoch("us").alias("ts_us"),
                 "device_id",
                 "metric",
-                "value",
+                pl.col("value").cast(pl.Float64),
             )
-            .join(bindings.lazy(), on=["device_id", "metric"], how="inner")
-            .with_columns(
-                breach=pl.when(pl.col("above"))
-                .then(pl.col("value") > pl.col("threshold"))
-                .otherwise(pl.col("value") < pl.col("threshold")),
-                cleared=pl.when(pl.col("above"))
-                .then(pl.col("value") < pl.col("clear_level"))
-                .otherwise(pl.col("value") > pl.col("clear_level")),
+            .collect()
+        )
+
+    def _fold(self, good: pl.DataFrame, all_readings: pl.DataFrame | None = None) -> None:
+        """Add readings to the bucket store and the last-seen table."""
+        seen_src = all_readings if all_readings is not None else good
+        if seen_src.height:
+            seen = seen_src.group_by("device_id").agg(last_ts=pl.col("ts_us").max())
+            self._last_seen = pl.concat([self._last_seen, seen]).group_by("device_id").agg(pl.col("last_ts").max())
+        if not self._window_metrics or good.height == 0:
+            return
+        bucket = self.bucket_us
+        fresh = (
+            good.lazy()
+            .filter(pl.col("metric").is_in(list(self._window_metrics)))
+            .with_columns(b=(pl.col("ts_us") // bucket) * bucket)
+            .group_by("device_id", "metric", "b")
+            .agg(
+                n=pl.len().cast(pl.UInt32),
+                s=pl.col("value").sum(),
+                lo=pl.col("value").min(),
+                hi=pl.col("value").max(),
+                toff=((pl.col("ts_us") - pl.col("b")).cast(pl.Float64) / 1e6).sum(),
+                last_ts=pl.col("ts_us").max(),
             )
+            .collect()
+        )
+        if fresh.height == 0:
+            return
+        oldest_fresh = fresh["b"].min()
+        assert isinstance(oldest_fresh, int)
+        if self._edge is not None and oldest_fresh < self._edge:
+            # Late data for buckets already counted in the window sums: recount those series.
+            self._dirty.append(fresh.filter(pl.col("b") < self._edge).select("device_id", "metric").unique())
+        # Only buckets at or after the oldest fresh one can collide; the rest stay untouched.
+        old = self._buckets.filter(pl.col("b") < oldest_fresh)
+        overlap = (
+            pl.concat([self._buckets.filter(pl.col("b") >= oldest_fresh), fresh])
+            .group_by("device_id", "metric", "b")
+            .agg(
+                pl.col("n").sum(),
+                pl.col("s").sum(),
+                pl.col("lo").min(),
+                pl.col("hi").max(),
+                pl.col("toff").sum(),
+                pl.col("last_ts").max(),
+            )
+        )
+        self._buckets = pl.concat([old, overlap.select(list(_BUCKET_SCHEMA)).sort("b")])
+        if self._buckets.n_chunks() > 64:
+            self._buckets = self._buckets.rechunk()
+
+    def _cut(self, b_us: int) -> int:
+        """Index of the first bucket at or after `b_us` in the time-sorted store."""
+        return int(self._buckets["b"].search_sorted(b_us, side="left"))
+
+    def _between(self, lo_us: int, hi_us: int) -> pl.DataFrame:
+        start = self._cut(lo_us)
+        return self._buckets.slice(start, max(0, self._cut(hi_us) - start))
+
+    def _trim(self, edge_us: int) -> None:
+        """Keep per metric only the buckets its longest window needs (and the open bucket)."""
+        keep = dict(zip(self._retention["metric"].to_list(), self._retention["keep_us"].to_list(), strict=True))
+        self._buckets = self._buckets.filter(
+            pl.col("b") >= edge_us - pl.col("metric").replace_strict(keep, default=0, return_dtype=pl.Int64)
+        ).rechunk()
+
+    def prime(self, readings: pa.Table | pl.DataFrame) -> None:
+        """Fill the windows from stored history (at start-up) without judging anything."""
+        good = self._good(readings)
+        self._fold(good)
+        if good.height:
+            latest = good["ts_us"].max()
+            assert isinstance(latest, int)
+            self._now_us = max(self._now_us or latest, latest)
+
+    # --- evaluation -----------------------------------------------------------------------------
+    def evaluate(self, readings: pa.Table | pl.DataFrame, now: datetime | None = None) -> list[Finding]:
+        """Evaluate one tick: the committed readings since the last tick (columns ts, device_id,
+        metric, value, quality) and the windows. `now` is the clock offline rules measure silence
+        against; without it, the newest reading time seen (replays and backtests)."""
+        t0 = time.perf_counter()
+        frame = readings if isinstance(readings, pl.DataFrame) else pl.from_arrow(readings)
+        assert isinstance(frame, pl.DataFrame)
+        good = self._good(frame)
+        if frame.height:
+            newest = frame.select(pl.col("ts").dt.epoch("us").max()).item()
+            newest_us = int(newest) if newest is not None else None
+        else:
+            newest_us = None
+        if now is not None:
+            now_us = to_us(now)
+        elif newest_us is not None:
+            now_us = max(self._now_us or newest_us, newest_us)
+        elif self._now_us is not None:
+            now_us = self._now_us
+        else:
+            return []
+        first = self._now_us is None
+        self._now_us = now_us
+        self.evaluations += 1
+        self.readings_evaluated += frame.height
+        if first:
+            self._seed_last_seen(now_us)
+        daylight = self._daylight(now_us).lazy()
+        findings: list[Finding] = []
+        plans: list[_Plan] = []
+
+        def sun(b: pl.DataFrame) -> pl.LazyFrame:
+            return b.lazy().join(daylight, on="site", how="left").with_columns(pl.col("daylight").fill_null(True))
+
+        threshold = self._by_kind.get("threshold")
+        if threshold is not None and good.height:
+            good_lazy = good.lazy()
+            plans.append(("threshold", threshold, lambda b: kinds.threshold(good_lazy, sun(b))))
+        gap = self._by_kind.get("data_gap")
+        all_times = frame.select(pl.col("ts").dt.epoch("us").alias("ts_us"), "device_id") if frame.height else None
+        if gap is not None and all_times is not None:
+            # Judged against the last-seen times before this batch is folded in.
+            seen_before = self._last_seen.lazy()
+            times = all_times.lazy()
+            plans.append(("data_gap", gap, lambda b: kinds.data_gap(times, seen_before, b.lazy(), now_us)))
+            observations = self._run(plans, findings)
+            plans = []
+        else:
+            observations = []
+        self._fold(good, all_times)
+        if good.height:
+            self._touched.append(good["device_id"].unique())
+        off = self._by_kind.get("offline")
+        if off is not None:
+            seen = self._last_seen.lazy()
+            plans.append(("offline", off, lambda b: kinds.offline(seen, b.lazy(), now_us)))
+        bucket_now = now_us // self.bucket_us
+        if bucket_now != self._last_window_bucket:
+            # Windowed kinds judge once per bucket: their inputs change at bucket resolution.
+            self._last_window_bucket = bucket_now
+            plans += self._windowed(now_us, sun)
+        observations += self._run(plans, findings)
+        obs = [o for o in observations if o.height]
+        if obs:
+            findings += self._advance(pl.concat(obs, how="vertical"))
+        self.last_eval_seconds = time.perf_counter() - t0
+        return findings
+
+    def _windowed(self, now_us: int, sun: Callable[[pl.DataFrame], pl.LazyFrame]) -> list[_Plan]:
+        keys = self._stat_keys
+        if keys.height == 0 and "stuck" not in self._by_kind:
+            return []
+        if not self._touched_all and keys.height:
+            # Only devices with new data since the last windowed pass (their windows moved), devices
+            # with pending or firing state (so they can clear), and every deviation peer.
+            touched = pl.concat([*self._touched, self._state["device_id"]]).unique()
+            keys = keys.filter(pl.col("always") | pl.col("device_id").is_in(touched.implode()))
+        self._touched = []
+        self._touched_all = False
+        edge = (now_us // self.bucket_us) * self.bucket_us
+        stats_lazy = self._advance_windows(edge, now_us, keys)
+        stuck_bindings = self._by_kind.get("stuck")
+        if stuck_bindings is not None:
+            self._stuck = windows.update_stuck(
+                self._stuck, self._between, stuck_bindings.lazy(), self._edge_before, edge
+            )
+            stuck_state = self._stuck.lazy()
+        self._passes += 1
+        if self._passes % 10 == 1:
+            self._trim(edge)  # a pass over the whole store: not needed every bucket
+        plans: list[_Plan] = []
+        evaluators: dict[str, Callable[[pl.LazyFrame, pl.LazyFrame, int], pl.LazyFrame]] = {
+            "rate": kinds.rate,
+            "trend": kinds.trend,
+            "deviation": kinds.deviation,
+        }
+        for name, fn in evaluators.items():
+            b = self._by_kind.get(name)
+            if b is not None:
+                plans.append((name, b, lambda bb, fn=fn: fn(stats_lazy, sun(bb), now_us)))  # type: ignore[misc]
+        if stuck_bindings is not None:
+            plans.append(("stuck", stuck_bindings, lambda bb: kinds.stuck(stuck_state, bb.lazy(), edge)))
+        expr_bindings = self._by_kind.get("expression")
+        if expr_bindings is not None:
+            for (variant,), group in expr_bindings.partition_by("variant", as_dict=True).items():
+                rule = self._variants[str(variant)]
+                expr, when = self._compiled[str(variant)]
+
+                def plan(
+                    bb: pl.DataFrame, expr: pl.Expr = expr, when: pl.Expr | None = when, rule: Rule = rule
+                ) -> pl.LazyFrame:
+                    return kinds.expression(
+                        stats_lazy, sun(bb), now_us, expr, when, rule.input_metrics, rule.window_s or 300.0
+                    )
+
+                plans.append(("expression", group, plan))
+        return plans
+
+    def _advance_windows(self, edge: int, now_us: int, touched_keys: pl.DataFrame) -> pl.LazyFrame:
+        """Bring the window sums up to `edge` (buckets before it are closed) and return the
+        statistics of the keys to judge, relative to now."""
+        all_keys = self._stat_keys.lazy().select("device_id", "metric", "window_s")
+        buckets = self._buckets.lazy()
+        self._edge_before = self._edge
+        if self._edge is None or self._origin is None:
+            self._origin = edge
+            self._sums = windows.full(buckets, all_keys, self._origin, edge).collect()
+        elif edge > self._edge:
+            change = windows.delta(
+                self._between, all_keys, self._origin, self._edge, edge, self._window_lengths
+            ).collect()
+            self._sums = windows.apply(self._sums, change)
+        if self._dirty and self._edge is not None:
+            dirty = pl.concat(self._dirty).unique()
+            recount = all_keys.join(dirty.lazy(), on=["device_id", "metric"], how="semi")
+            fresh = windows.full(buckets, recount, self._origin, edge).collect()
+            self._sums = pl.concat(
+                [self._sums.join(dirty, on=["device_id", "metric"], how="anti"), fresh], how="vertical_relaxed"
+            )
+        self._dirty = []
+        self._edge = edge
+        judged = self._sums.lazy().join(
+            touched_keys.lazy().select("device_id", "metric", "window_s"), on=windows.KEY, how="semi"
+        )
+        return windows.relative_to_now(judged, self._origin, now_us).collect().lazy()
+
+    def _run(self, plans: list[_Plan], findings: list[Finding]) -> list[pl.DataFrame]:
+        """Collect every kind's plan in one go (Polars runs them in parallel); if that raises,
+        fall back kind by kind and rule by rule, disabling only the rule(s) at fault."""
+        if not plans:
+            return []
+        try:
+            return pl.collect_all([run(b) for _, b, run in plans])
+        except Exception:
+            log.warning("rule evaluation failed; retrying kind by kind and rule by rule to isolate the fault")
+        out: list[pl.DataFrame] = []
+        for kind, bindings, run in plans:
+            try:
+                out.append(run(bindings).collect())
+                continue
+            except Exception:
+                log.warning("evaluating %s rules failed; retrying rule by rule", kind)
+            for (rule_id,), group in bindings.partition_by("rule_id", as_dict=True).items():
+                try:
+                    out.append(run(group).collect())
+                except Exception as exc:
+                    findings.append(self._disable(str(rule_id), exc))
+        return out
+
+    def _disable(self, rule_id: str, exc: Exception) -> Finding:
+        text = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        log.error("rule %s failed during evaluation and is disabled until the packs are reloaded: %s", rule_id, text)
+        self.failed_rules[rule_id] = text
+        rule = self.rules.pop(rule_id, None)
+        self._rebind()
+        title = rule.title if rule else rule_id
+        return Finding(
+            action="fire",
+            rule_id=RULE_FAILED,
+            title="GridSentry rule disabled after an evaluation error",
+            device_id=SELF_DEVICE,
+            site=None,
+            metric=rule_id,
+            value=float(len(self.failed_rules)),
+            threshold=0.0,
+            unit="",
+            event_class="II",
+            message=f"Rule {rule_id} ({title}) failed and is disabled; its devices are not watched by it until "
+            f"the pack is fixed and reloaded. Error: {text}",
+            runbook="Run `gridsentry rules check` and `gridsentry rules test` on the pack, fix the rule, restart or reload.",
+            ts=from_us(self._now_us or 0),
+            rule_kind="self",
+        )
+
+    def _seed_last_seen(self, now_us: int) -> None:
+        """Devices that never reported count as silent since the engine started watching."""
+        known = pl.DataFrame({"device_id": list(self._devices)}, schema={"device_id": pl.String()})
+        missing = known.join(self._last_seen, on="device_id", how="anti").with_columns(last_ts=pl.lit(now_us, pl.Int64))
+        self._last_seen = pl.concat([self._last_seen, missing])
+
+    def _daylight(self, now_us: int) -> pl.DataFrame:
+        when = from_us(now_us)
+        sites = {d.site for d in self._devices.values() if d.site is not None}
+        flags = []
+        for site in sorted(sites):  # a handful of sites, not devices
+            info = self._sites.get(site)
+            if info is None or info.latitude is None or info.longitude is None:
+                flags.append(True)  # no coordinates: the peers' median filter still applies
+            else:
+                flags.append(is_daylight(info.latitude, info.longitude, when))
+        return pl.DataFrame(
+            {"site": sorted(sites), "daylight": flags}, schema={"site": pl.String(), "daylight": pl.Boolean()}
+        )
+
+    # --- state machine --------------------------------------------------------------------------
+    def _advance(self, obs: pl.DataFrame) -> list[Finding]:
+        extras = ["seconds_to_limit", "slope_per_s", "peer_median", "ratio", "z", "caused_by"]
+        # Most observations are healthy readings of keys with no state: they change nothing.
+        relevant = obs.filter(pl.col("breach")).select(_KEY).unique()
+        if self._state.height:
+            relevant = pl.concat([relevant, self._state.select(_KEY)]).unique()
+        if relevant.height == 0:
+            return []
+        obs = obs.join(relevant, on=_KEY, how="semi")
+        per_key = (
+            obs.lazy()
             .with_columns(last_ok_ts=pl.col("ts_us").filter(~pl.col("breach")).max().over(_KEY))
+            .with_columns(
+                after_ok=pl.col("breach") & (pl.col("last_ok_ts").is_null() | (pl.col("ts_us") > pl.col("last_ok_ts")))
+            )
             .sort("ts_us")
             .group_by(_KEY)
             .agg(
                 pl.col("ts_us").last().alias("last_ts"),
                 pl.col("value").last().alias("last_value"),
+                pl.col("breach").last().alias("last_breach"),
                 pl.col("cleared").last().alias("last_cleared"),
                 pl.col("last_ok_ts").first(),
-                pl.col("ts_us")
-                .filter(pl.col("breach") & (pl.col("last_ok_ts").is_null() | (pl.col("ts_us") > pl.col("last_ok_ts"))))
-                .min()
-                .alias("first_breach_after_ok"),
-                pl.col("site").first(),
-                pl.col("threshold").first(),
-                pl.col("for_us").first(),
+                pl.col("ts_us").filter(pl.col("after_ok")).min().alias("first_breach_after_ok"),
+                pl.col("after_ok").sum().cast(pl.Int64).alias("new_breaches"),
+                *[pl.col(c).last() for c in extras],
+            )
+            .join(self._key_params.lazy(), on=_KEY, how="inner")
+            .join(self._state.lazy(), on=_KEY, how="left")
+            .with_columns(pl.col("firing").fill_null(False), pl.col("breaches").fill_null(0))
+            .with_columns(
+                new_pending=pl.when(pl.col("last_ok_ts").is_null())
+                .then(pl.coalesce("pending_since", "first_breach_after_ok"))
+                .otherwise(pl.col("first_breach_after_ok")),
+                new_count=pl.when(pl.col("last_ok_ts").is_null())
+                .then(pl.col("breaches") + pl.col("new_breaches"))
+                .otherwise(pl.col("new_breaches")),
+            )
+            .with_columns(
+                fire=(~pl.col("firing"))
+                & pl.col("new_pending").is_not_null()
+                & ((pl.col("last_ts") - pl.col("new_pending")) >= pl.col("for_us"))
+                & (pl.col("new_count") >= pl.col("repeat")),
+                clear=pl.col("firing") & pl.col("last_cleared") & ~pl.col("last_breach"),
+            )
+            .with_columns(new_firing=(pl.col("firing") & ~pl.col("clear")) | pl.col("fire"))
+            .with_columns(
+                new_fired_at=pl.when(pl.col("fire"))
+                .then(pl.col("last_ts"))
+                .when(pl.col("new_firing"))
+                .then(pl.col("fired_at"))
+                .otherwise(None)
             )
             .collect()
         )
-        if hits.height == 0:
-            return []
-        merged = hits.join(self._state, on=_KEY, how="left").with_columns(
-            pl.col("firing").fill_null(False),
-        )
-        merged = merged.with_columns(
-            new_pending=pl.when(pl.col("last_ok_ts").is_null())
-            .then(pl.coalesce("pending_since", "first_breach_after_ok"))
-            .otherwise(pl.col("first_breach_after_ok"))
-        ).with_columns(
-            fire=(~pl.col("firing"))
-            & pl.col("new_pending").is_not_null()
-            & ((pl.col("last_ts") - pl.col("new_pending")) >= pl.col("for_us")),
-            clear=pl.col("firing") & pl.col("last_cleared"),
-        )
-        merged = merged.with_columns(new_firing=(pl.col("firing") & ~pl.col("clear")) | pl.col("fire"))
-        updated = merged.select(
+        updated = per_key.select(
             *_KEY,
             pl.col("new_pending").alias("pending_since"),
+            pl.col("new_count").alias("breaches"),
             pl.col("new_firing").alias("firing"),
-        )
-        self._state = pl.concat([self._state.join(updated, on=_KEY, how="anti"), updated], how="vertical_relaxed")
-        changes = merged.filter(pl.col("fire") | pl.col("clear"))
-        findings = [self._finding(row) for row in changes.iter_rows(named=True)]
-        self.last_eval_seconds = (datetime.now(UTC) - t0).total_seconds()
-        return findings
+            pl.col("new_fired_at").alias("fired_at"),
+        ).filter(pl.col("firing") | pl.col("pending_since").is_not_null())
+        before = self._state.height
+        kept = self._state.join(per_key.select(_KEY), on=_KEY, how="anti")
+        self._state = pl.concat([kept, updated], how="vertical_relaxed")
+        changes = per_key.filter(pl.col("fire") | pl.col("clear"))
+        if changes.height or self._state.height != before or updated.height:
+            self.state_changed = True
+        return [self._finding(row) for row in changes.iter_rows(named=True)]
 
     def _finding(self, row: dict[str, Any]) -> Finding:
-        rule = self.rules[row["rule_id"]]
-        unit = self.units.get(row["metric"], "")
-        value = float(row["last_value"])
+        rule = self._variants.get(row["variant"]) or self.rules[row["rule_id"]]
+        metric = row["metric"]
+        unit = rule.unit or self.units.get(metric, "")
+        if rule.kind in ("offline", "data_gap"):
+            unit = "s"
+        value = float(row["last_value"]) if row["last_value"] is not None else float("nan")
+        seconds = row["seconds_to_limit"]
+        forecast = None
+        if rule.kind == "trend" and seconds is not None:
+            lim = f"{rule.limit:g} {unit}".strip()
+            if not math.isfinite(seconds):
+                forecast = f"no longer heading for {lim}"
+                seconds = None
+            elif seconds <= 0:
+                forecast = f"has reached {lim}"
+            else:
+                forecast = f"reaches {lim} in about {format_duration(seconds)}"
+        ratio = row["ratio"]
+        slope = row["slope_per_s"]
         fields = {
             "device_id": row["device_id"],
             "site": row["site"] or "",
-            "metric": row["metric"],
+            "metric": metric if metric != TELEMETRY else "telemetry",
             "value": value,
             "threshold": rule.threshold,
             "unit": unit,
             "for": format_duration(rule.for_s),
             "title": rule.title,
+            "forecast": forecast or "",
+            "slope_per_h": (slope or 0.0) * 3600,
+            "slope_per_min": (slope or 0.0) * 60,
+            "peer_median": row["peer_median"] if row["peer_median"] is not None else float("nan"),
+            "ratio": ratio if ratio is not None else float("nan"),
+            "ratio_pct": abs(1 - ratio) * 100 if ratio is not None else float("nan"),
+            "z": row["z"] if row["z"] is not None else float("nan"),
+            "silence": format_duration(value) if rule.kind in ("offline", "data_gap") and value == value else "",
+            "parent": row["caused_by"] or "",
         }
         try:
             message = rule.message.format(**fields)
-        except (KeyError, ValueError, IndexError) as exc:
-            message = (
-                f"{rule.title}: {row['device_id']} {row['metric']} = {value:g} {unit} (message template error: {exc})"
-            )
+        except (KeyError, ValueError, IndexError, TypeError) as exc:
+            message = f"{rule.title}: {row['device_id']} {metric} = {value:g} {unit} (message template error: {exc})"
+        caused_by = row["caused_by"]
+        if caused_by and row["fire"]:
+            message += f" (its parent {caused_by} is offline too: probably the cause)"
         return Finding(
             action="fire" if row["fire"] else "clear",
             rule_id=rule.id,
             title=rule.title,
             device_id=row["device_id"],
             site=row["site"],
-            metric=row["metric"],
+            metric=metric,
             value=value,
             threshold=rule.threshold,
             unit=unit,
             event_class=rule.event_class,
             message=message,
             runbook=rule.runbook,
-            ts=_EPOCH + timedelta(microseconds=int(row["last_ts"])),
+            ts=from_us(row["last_ts"]),
+            seconds_to_limit=float(seconds) if rule.kind == "trend" and seconds is not None else None,
+            forecast=forecast,
+            caused_by=caused_by,
+            rule_kind=rule.kind,
         )
 
+    # --- state persistence ----------------------------------------------------------------------
     def firing(self) -> pl.DataFrame:
         return self._state.filter(pl.col("firing"))
+
+    def export_state(self) -> pa.Table:
+        """Pending and firing rule state, to persist so a restart neither re-pages nor forgets."""
+        self.state_changed = False
+        return self._state.to_arrow()
+
+    def import_state(self, state: pa.Table | pl.DataFrame) -> None:
+        frame = state if isinstance(state, pl.DataFrame) else pl.from_arrow(state)
+        assert isinstance(frame, pl.DataFrame)
+        self._state = frame.select([pl.col(n).cast(t) for n, t in STATE_SCHEMA.items()])

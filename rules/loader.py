@@ -9,7 +9,8 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from rules.model import Rule, RulePack
+from rules.engine import apply_overrides
+from rules.model import DEVICE_KINDS, Override, Rule, RulePack
 from storage.yamlsource import dotted_path, load_yaml_with_lines, nearest_line
 
 log = logging.getLogger(__name__)
@@ -34,15 +35,25 @@ class LoadedRules:
     rules: list[Rule] = field(default_factory=list)
     problems: list[PackProblem] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
+    overrides: list[Override] = field(default_factory=list)
+    disabled: list[Rule] = field(default_factory=list)
+    origin: dict[str, Path] = field(default_factory=dict)
+
+
+def _msg(text: str) -> str:
+    return text.removeprefix("Value error, ")
 
 
 def builtin_pack_files() -> list[Path]:
     return sorted(BUILTIN_PACK_DIR.glob("*.yaml"))
 
 
-def load_packs(files: list[Path]) -> LoadedRules:
+def load_packs(files: list[Path], known_metrics: set[str] | None = None) -> LoadedRules:
+    """Load packs in order. With `known_metrics` (the metric catalogue), a rule reading a metric
+    outside it is refused. Overrides are checked against the rules they change."""
     out = LoadedRules()
     seen: dict[str, Path] = {}
+    pending_overrides: list[tuple[Path, dict[tuple[str | int, ...], int], int, Override]] = []
     for f in files:
         out.files.append(f)
         try:
@@ -58,12 +69,13 @@ def load_packs(files: list[Path]) -> LoadedRules:
             out.problems.append(PackProblem(f, 1, "(top level)", "a rule pack is a mapping with 'pack' and 'rules'"))
             continue
         raw_rules = raw.get("rules") or []
+        raw_overrides = raw.get("overrides") or []
         try:
-            RulePack.model_validate({**raw, "rules": []})
+            RulePack.model_validate({**raw, "rules": [], "overrides": []})
         except ValidationError as exc:
             for err in exc.errors():
                 loc = tuple(err["loc"])
-                out.problems.append(PackProblem(f, nearest_line(lines, loc), dotted_path(loc), err["msg"]))
+                out.problems.append(PackProblem(f, nearest_line(lines, loc), dotted_path(loc), _msg(err["msg"])))
             continue
         if not isinstance(raw_rules, list):
             out.problems.append(PackProblem(f, nearest_line(lines, ("rules",)), "rules", "must be a list of rules"))
@@ -74,7 +86,7 @@ def load_packs(files: list[Path]) -> LoadedRules:
             except ValidationError as exc:
                 for err in exc.errors():
                     loc = ("rules", i, *err["loc"])
-                    out.problems.append(PackProblem(f, nearest_line(lines, loc), dotted_path(loc), err["msg"]))
+                    out.problems.append(PackProblem(f, nearest_line(lines, loc), dotted_path(loc), _msg(err["msg"])))
                 continue
             if rule.id in seen:
                 out.problems.append(
@@ -86,9 +98,63 @@ def load_packs(files: list[Path]) -> LoadedRules:
                     )
                 )
                 continue
+            unknown = [m for m in rule.input_metrics if m not in known_metrics] if known_metrics is not None else []
+            if unknown and rule.kind not in DEVICE_KINDS:
+                out.problems.append(
+                    PackProblem(
+                        f,
+                        nearest_line(lines, ("rules", i, "expression" if rule.kind == "expression" else "metric")),
+                        f"rules[{i}].metric",
+                        f"unknown metric(s) {', '.join(unknown)}: not in the metric catalogue; check the spelling "
+                        "or add them under metrics: in the config",
+                    )
+                )
+                continue
             seen[rule.id] = f
-            if rule.enabled:
-                out.rules.append(rule)
+            out.origin[rule.id] = f
+            (out.rules if rule.enabled else out.disabled).append(rule)
+        if not isinstance(raw_overrides, list):
+            out.problems.append(
+                PackProblem(f, nearest_line(lines, ("overrides",)), "overrides", "must be a list of overrides")
+            )
+            continue
+        for i, item in enumerate(raw_overrides):
+            try:
+                override = Override.model_validate(item)
+            except ValidationError as exc:
+                for err in exc.errors():
+                    loc = ("overrides", i, *err["loc"])
+                    out.problems.append(PackProblem(f, nearest_line(lines, loc), dotted_path(loc), _msg(err["msg"])))
+                continue
+            pending_overrides.append((f, lines, i, override))
+    by_id = {r.id: r for r in out.rules + out.disabled}
+    for f, lines, i, override in pending_overrides:
+        ok = True
+        for rule_id in override.rules:
+            target = by_id.get(rule_id)
+            where = nearest_line(lines, ("overrides", i, "rules"))
+            if target is None:
+                out.problems.append(
+                    PackProblem(f, where, f"overrides[{i}].rules", f"no rule {rule_id!r} is loaded; check the id")
+                )
+                ok = False
+                continue
+            try:
+                apply_overrides(target, [override])
+            except ValidationError as exc:
+                for err in exc.errors():
+                    loc = ("overrides", i, "set", *err["loc"])
+                    out.problems.append(
+                        PackProblem(
+                            f,
+                            nearest_line(lines, loc),
+                            dotted_path(loc),
+                            f"{_msg(err['msg'])} (when applied to rule {rule_id})",
+                        )
+                    )
+                ok = False
+        if ok:
+            out.overrides.append(override)
     for p in out.problems:
         log.error("rule pack problem (rule skipped, the others still run): %s", p)
     return out

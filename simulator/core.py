@@ -94,6 +94,8 @@ def _noise_for(device: DeviceSpec, metric: str) -> _Noise:
     if metric.endswith("current_a"):
         hi = 32.0 if device.kind == "charger_ac" else math.inf
         return _Noise(0.05, 2, 0.0, hi, device.kind != "box_transformer")
+    if metric == "insulation_kohm":
+        return _Noise(-0.01, 0, 0.0, math.inf, False)
     if metric == "irradiance_wm2":
         return _Noise(2.0, 1, 0.0, 1500.0, True)
     return _Noise(0.0, 3, -math.inf, math.inf, False)
@@ -296,6 +298,22 @@ class FleetSimulator:
             extra = float(params.get("extra_kva", 0.6 * model.spec.rated_kw))
             model.extra_kva = extra
             detail = f"extra load of {extra:g} kVA"
+        elif spec.kind == "insulation_decline":
+            assert isinstance(model, DcChargerModel)
+            halving = float(params.get("halving_h", 1.0))
+            floor = float(params.get("floor_kohm", 40.0))
+            model.start_insulation_decline(halving * 3600.0, floor)
+            detail = f"insulation resistance halving every {halving:g} h down to {floor:g} kΩ"
+        elif spec.kind == "inverter_overtemp":
+            assert isinstance(model, PvInverterModel)
+            factor = float(params.get("factor", 2.5))
+            model.cooling_factor = factor
+            detail = f"heat-sink cooling lost: rise over ambient x{factor:g}"
+        elif spec.kind == "transformer_cooling_loss":
+            assert isinstance(model, TransformerModel)
+            factor = float(params.get("factor", 1.35))
+            model.thermal.cooling_factor = factor
+            detail = f"cooling lost: top-oil rise x{factor:g} at the same load"
         elif spec.kind == "device_offline":
             detail = f"publishes nothing for {(fault.end_s or 0.0) - spec.start_after_s:g} s"
         elif spec.kind == "stuck_sensor":
@@ -317,6 +335,12 @@ class FleetSimulator:
             model.set_string_health(int(spec.params.get("string", 1)), 1.0)
         elif spec.kind == "transformer_overload" and isinstance(model, TransformerModel):
             model.extra_kva = 0.0
+        elif spec.kind == "insulation_decline" and isinstance(model, DcChargerModel):
+            model.stop_insulation_decline()
+        elif spec.kind == "inverter_overtemp" and isinstance(model, PvInverterModel):
+            model.cooling_factor = 1.0
+        elif spec.kind == "transformer_cooling_loss" and isinstance(model, TransformerModel):
+            model.thermal.cooling_factor = 1.0
         record = self.ground_truth[fault.record_index]
         self.ground_truth[fault.record_index] = replace(record, ended_at=when)
         if spec.kind == "device_offline" and not self._offline(spec.device_id):

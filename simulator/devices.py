@@ -235,6 +235,13 @@ class DcChargerModel(DeviceModel):
         self.guns = (_Gun(1, env.ambient_c, rng), _Gun(2, env.ambient_c, rng))
         self.energy_kwh = rng.uniform(5000.0, 150000.0)
         self.fan_failed = False
+        # Insulation monitor (IMD) reading DC+/DC- to PE: healthy piles sit in the MΩ range and
+        # wander with humidity; a decline halves it every `insulation_halving_s`.
+        self._insulation_base_kohm = rng.uniform(2500.0, 4000.0)
+        self._insulation_wander = 0.0
+        self.insulation_halving_s: float | None = None
+        self.insulation_floor_kohm = 40.0
+        self._insulation_decline_s = 0.0
         for gun in self.guns:
             if rng.random() < 0.4 * env.activity:
                 self._new_vehicle(gun, forced=False)
@@ -376,6 +383,9 @@ class DcChargerModel(DeviceModel):
                 gun.high_temp = False
                 events.append(DeviceEvent("fault", "NoError", gun.label))
         self.energy_kwh += self.output_kw * dt / 3600.0
+        self._insulation_wander = ou_step(self._insulation_wander, 0.0, 0.05, 3600.0, dt, self.rng)
+        if self.insulation_halving_s is not None:
+            self._insulation_decline_s += dt
         load = self.output_kw / self.spec.rated_kw
         fan = 1.5 if self.fan_failed else 1.0
         self._cabinet.step(env.ambient_c + 2.0 + 6.0 * load * fan, dt)
@@ -402,7 +412,24 @@ class DcChargerModel(DeviceModel):
             "cabinet_temp_c": self._cabinet.value,
             "input_power_kw": self.input_kw,
             "energy_kwh": self.energy_kwh,
+            "insulation_kohm": self.insulation_kohm,
         }
+
+    @property
+    def insulation_kohm(self) -> float:
+        healthy = self._insulation_base_kohm * math.exp(self._insulation_wander)
+        if self.insulation_halving_s is None:
+            return healthy
+        declined: float = healthy * 0.5 ** (self._insulation_decline_s / self.insulation_halving_s)
+        return max(self.insulation_floor_kohm, declined)
+
+    def start_insulation_decline(self, halving_s: float, floor_kohm: float) -> None:
+        self.insulation_halving_s = halving_s
+        self.insulation_floor_kohm = floor_kohm
+        self._insulation_decline_s = 0.0
+
+    def stop_insulation_decline(self) -> None:
+        self.insulation_halving_s = None
 
     def connector_statuses(self) -> dict[str, str]:
         return {gun.label: gun.status for gun in self.guns}
@@ -435,11 +462,13 @@ class PvInverterModel(DeviceModel):
         self.ac_kw = 0.0
         self.dc_voltage_v = 0.0
         self.string_currents = [0.0] * spec.strings
+        self.cooling_factor = 1.0  # > 1: clogged filter or a dead fan (fault inverter_overtemp)
         self._compute()
         self._heatsink = FirstOrderLag(self._heatsink_target(), 600.0)
 
     def _heatsink_target(self) -> float:
-        return self.ambient_c + 4.0 + 22.0 * self.ac_kw / self.spec.rated_kw
+        rise = 22.0 * self.ac_kw / self.spec.rated_kw
+        return self.ambient_c + 4.0 + rise * self.cooling_factor + 6.0 * (self.cooling_factor - 1.0)
 
     def _compute(self) -> None:
         rated = self.spec.rated_kw

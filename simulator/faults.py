@@ -12,6 +12,12 @@ Kinds and their parameters (all optional unless noted):
 - ``pv_string_fault`` (pv_inverter): ``string`` (1-based, default 1), ``factor`` of normal output
   (default 0.0: an open string or blown fuse; 0.7 looks like shading or a failed bypass diode).
 - ``transformer_overload`` (box_transformer): ``extra_kva`` added to the load (default 0.6 × rating).
+- ``insulation_decline`` (charger_dc): insulation resistance to PE halves every ``halving_h``
+  hours (default 1.0) down to ``floor_kohm`` (default 40), as moisture or a damaged cable does.
+- ``inverter_overtemp`` (pv_inverter): clogged filter or dead fan; the heat-sink rise over
+  ambient is multiplied by ``factor`` (default 2.5).
+- ``transformer_cooling_loss`` (box_transformer): blocked radiators or low oil; the top-oil rise
+  is multiplied by ``factor`` (default 1.35) at the same load, so the oil climbs over hours.
 - ``device_offline`` (any): the device publishes nothing; ``duration_s`` defaults to 120.
 - ``stuck_sensor`` (any): ``metric`` (required) repeats the value it had when the fault began.
 - ``malformed_payload`` (any): ``every_n`` (default 5): every n-th telemetry message from the
@@ -43,6 +49,9 @@ FAULT_KINDS: dict[str, tuple[str, ...] | None] = {
     "dc_fan_failure": ("charger_dc",),
     "pv_string_fault": ("pv_inverter",),
     "transformer_overload": ("box_transformer",),
+    "insulation_decline": ("charger_dc",),
+    "inverter_overtemp": ("pv_inverter",),
+    "transformer_cooling_loss": ("box_transformer",),
     "device_offline": None,
     "stuck_sensor": None,
     "malformed_payload": None,
@@ -106,6 +115,14 @@ def validate_fault(spec: FaultSpec, devices: Mapping[str, DeviceSpec]) -> None:
     elif spec.kind == "transformer_overload":
         if _number(spec, "extra_kva", 0.6 * device.rated_kw) <= 0:
             raise ValueError(f"fault {spec.kind} on {device.id}: extra_kva must be > 0")
+    elif spec.kind == "insulation_decline":
+        if _number(spec, "halving_h", 1.0) <= 0:
+            raise ValueError(f"fault {spec.kind} on {device.id}: halving_h must be > 0")
+        if _number(spec, "floor_kohm", 40.0) < 0:
+            raise ValueError(f"fault {spec.kind} on {device.id}: floor_kohm must be >= 0")
+    elif spec.kind in ("inverter_overtemp", "transformer_cooling_loss"):
+        if _number(spec, "factor", 2.0) <= 1.0:
+            raise ValueError(f"fault {spec.kind} on {device.id}: factor must be > 1 (1 is healthy cooling)")
     elif spec.kind == "stuck_sensor":
         metric = spec.params.get("metric")
         if metric not in metric_names(device):

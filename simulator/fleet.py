@@ -79,6 +79,7 @@ _DC_METRICS = (
     "cabinet_temp_c",
     "input_power_kw",
     "energy_kwh",
+    "insulation_kohm",
 )
 _PV_HEAD = ("ac_power_kw", "dc_power_kw", "energy_kwh", "dc_voltage_v")
 _PV_TAIL = ("heatsink_temp_c", "irradiance_wm2", "ambient_temp_c")
@@ -115,6 +116,7 @@ def _unit_of(metric: str) -> str:
         "_c": "°C",
         "_pct": "%",
         "_wm2": "W/m²",
+        "_kohm": "kΩ",
     }
     for suffix, unit in suffixes.items():
         if metric.endswith(suffix):

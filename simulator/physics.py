@@ -214,6 +214,8 @@ class TransformerThermal:
 
     def __init__(self, load_factor: float, ambient_c: float, params: TransformerThermalParams | None = None) -> None:
         self.params = params or TransformerThermalParams()
+        # > 1: cooling lost (blocked radiator fins, low oil): more top-oil rise at the same load.
+        self.cooling_factor = 1.0
         p = self.params
         theta_a = ambient_c + p.enclosure_surcharge_k
         # Start in steady state so a fresh simulation does not show a cold transformer warming up.
@@ -224,7 +226,8 @@ class TransformerThermal:
 
     def _ultimate_oil_rise(self, k: float) -> float:
         p = self.params
-        return p.top_oil_rise_k * math.pow((1 + p.loss_ratio * k * k) / (1 + p.loss_ratio), p.oil_exponent)
+        rise = p.top_oil_rise_k * math.pow((1 + p.loss_ratio * k * k) / (1 + p.loss_ratio), p.oil_exponent)
+        return rise * getattr(self, "cooling_factor", 1.0)
 
     @property
     def hot_spot_c(self) -> float:

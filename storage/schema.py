@@ -401,9 +401,31 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        3,
+        "rule state (pending, firing) surviving restarts",
+        """
+        -- One row per rule x device x metric that is pending (inside its `for`) or firing. Rewritten
+        -- by the rules stage through the single writer; read at start-up so a restart neither
+        -- re-pages what already fired nor forgets how long a condition has been holding.
+        CREATE TABLE rule_state (
+            rule_id        VARCHAR NOT NULL,
+            device_id      VARCHAR NOT NULL,
+            metric         VARCHAR NOT NULL,
+            pending_since  TIMESTAMPTZ,
+            breaches       BIGINT NOT NULL DEFAULT 0,
+            firing         BOOLEAN NOT NULL,
+            fired_at       TIMESTAMPTZ,
+            updated_at     TIMESTAMPTZ NOT NULL DEFAULT now(),
+            PRIMARY KEY (rule_id, device_id, metric)
+        );
+        """,
+    ),
 )
 
-LATEST_VERSION = max(m.version for m in MIGRATIONS)
+# Written in the order branches landed; applied in version order.
+MIGRATIONS = tuple(sorted(MIGRATIONS, key=lambda m: m.version))
+LATEST_VERSION = MIGRATIONS[-1].version
 
 
 def applied_versions(con: duckdb.DuckDBPyConnection) -> set[int]:
@@ -444,4 +466,9 @@ def migrate(con: duckdb.DuckDBPyConnection) -> list[int]:
             raise
         log.info("database schema migrated to version %d (%s)", m.version, m.name)
         applied.append(m.version)
+    if applied:
+        # DuckDB 1.5.5 cannot replay some DDL from its WAL (ALTER TABLE ... ADD COLUMN ... DEFAULT, views over
+        # them): a crash before the next checkpoint would leave a database that refuses to open. Checkpointing
+        # here moves the schema into the file, so the WAL only ever holds data.
+        con.execute("CHECKPOINT")
     return applied

@@ -113,7 +113,7 @@ def test_kill_minus_nine_loses_nothing(tmp_path: Path, mosquitto: MosquittoBroke
         while time.monotonic() < deadline:
             body = httpx.post(
                 f"{url}/api/sql",
-                json={"query": "select count(*) from (select distinct device_id, metric, ts from readings)"},
+                json={"query": "select count(*) from (select distinct device_id, metric, ts from readings_all)"},
                 timeout=10,
                 headers=api_headers(data_dir),
             ).json()
@@ -126,7 +126,7 @@ def test_kill_minus_nine_loses_nothing(tmp_path: Path, mosquitto: MosquittoBroke
         proc.wait(30)
     con = duckdb.connect(str(data_dir / "gridsentry.duckdb"), read_only=True)
     distinct, total = con.execute(
-        "select count(*) , (select count(*) from readings) from (select distinct device_id, metric, ts from readings)"
+        "select count(*) , (select count(*) from readings_all) from (select distinct device_id, metric, ts from readings_all)"
     ).fetchone()
     print(
         f"R1: {kills} kills, restart to ready {max(restarts):.2f} s max, stored {total} of {expected}, distinct {distinct}"

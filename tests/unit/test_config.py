@@ -103,3 +103,17 @@ def test_example_config_is_current():
     assert example.read_text() == example_yaml(), (
         "regenerate: gridsentry config example > deploy/gridsentry.example.yaml"
     )
+
+
+def test_secrets_from_files(tmp_path: Path):
+    from gridsentry.config import parse_config
+
+    secret = tmp_path / "mqtt.pw"
+    secret.write_text("s3cret-from-file\nignored second line\n")
+    cfg = parse_config(f"mqtt:\n  password: ${{file:{secret}}}\n")
+    assert cfg.mqtt.password is not None
+    assert cfg.mqtt.password.get_secret_value() == "s3cret-from-file"
+    with pytest.raises(ConfigError) as err:
+        parse_config("mqtt:\n  password: ${file:/nonexistent/pw}\n")
+    assert "cannot read the secret file /nonexistent/pw" in str(err.value)
+    assert err.value.issues[0].line == 2

@@ -92,7 +92,7 @@ def test_metrics_evaluated_separately_and_many_devices_vectorised():
 
 
 def test_rule_validation():
-    with pytest.raises(ValueError, match="exactly one"):
+    with pytest.raises(ValueError, match="needs 'above', 'below' or both"):
         Rule.model_validate({"id": "x", "title": "x", "metric": "a", "class": "I"})
     with pytest.raises(ValueError, match="duration"):
         Rule.model_validate({"id": "x", "title": "x", "metric": "a", "above": 1, "for": "soon", "class": "I"})

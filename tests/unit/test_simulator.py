@@ -86,7 +86,7 @@ def test_metric_units_cover_every_metric():
     assert METRIC_UNITS["gun1_temp_c"] == "°C"
     assert METRIC_UNITS["load_kva"] == "kVA"
     assert METRIC_UNITS["gun2_soc_pct"] == "%"
-    assert set(METRIC_UNITS.values()) <= {"kW", "kWh", "V", "A", "°C", "%", "W/m²", "kVA", "1"}
+    assert set(METRIC_UNITS.values()) <= {"kW", "kWh", "V", "A", "°C", "%", "W/m²", "kVA", "kΩ", "1"}
 
 
 def test_same_seed_same_history_different_seed_differs():

@@ -1,5 +1,6 @@
 import asyncio
 from datetime import UTC, datetime
+from pathlib import Path
 
 import duckdb
 import pyarrow as pa
@@ -210,3 +211,26 @@ def test_window_is_bounded(tmp_path):
     assert len(w.dedupe) <= 12
     assert w.append_sync(keyed_batch([0])).readings == 2  # long gone from the window
     w.close()
+
+
+def test_a_crash_right_after_migrating_leaves_a_database_that_opens(tmp_path):
+    """DuckDB 1.5.5 cannot replay some of our DDL from the WAL; migrate() checkpoints so the WAL holds none."""
+    import subprocess
+    import sys
+    import textwrap
+
+    db = tmp_path / "crash.duckdb"
+    script = textwrap.dedent(
+        f"""
+        import os, duckdb
+        from storage.schema import migrate
+        con = duckdb.connect({str(db)!r})
+        migrate(con)
+        con.execute("CREATE TABLE after_migrate AS SELECT 1 AS x")  # data in the WAL, as in service
+        os._exit(0)  # no close, no checkpoint: like kill -9
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=Path(__file__).parents[2])
+    con = duckdb.connect(str(db))
+    assert con.execute("SELECT x FROM after_migrate").fetchone() == (1,)
+    assert migrate(con) == []

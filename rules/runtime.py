@@ -1,0 +1,207 @@
+"""The rules stage inside the running service: packs, ledger, state that survives restarts.
+
+The service owns one `RulesRuntime`. At start-up it loads the packs, binds them to the ledger,
+restores pending/firing state from `rule_state` and refills the windows from recent `readings`
+(so a trend rule does not need an hour of fresh data after a restart). Every tick it evaluates
+the committed readings and, when state changed, rewrites `rule_state` through the single writer.
+A reload with broken packs keeps the last valid rules running.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+import pyarrow as pa
+
+from rules.engine import DeviceInfo, RuleEngine, SiteInfo
+from rules.loader import LoadedRules, builtin_pack_files, load_packs
+from rules.model import Finding
+from storage.writer import StorageWriter
+
+log = logging.getLogger(__name__)
+
+# Backfill reads at most this much history per start (long windows will come from rollups).
+BACKFILL_LIMIT = timedelta(hours=6)
+
+
+def pack_files(packs: Iterable[Path], builtin: bool) -> list[Path]:
+    return (builtin_pack_files() if builtin else []) + list(packs)
+
+
+def devices_from_ledger(con: duckdb.DuckDBPyConnection) -> dict[str, DeviceInfo]:
+    rows = con.execute(
+        "SELECT device_id, site, kind, tags, rated_kw, expected_interval_s, parent_id, model FROM devices"
+    ).fetchall()
+    return {
+        r[0]: DeviceInfo(
+            r[0],
+            r[1],
+            r[2],
+            tuple(r[3] or ()),
+            rated_kw=r[4],
+            interval_s=float(r[5] or 10.0),
+            parent=r[6],
+            model=r[7],
+        )
+        for r in rows
+    }
+
+
+def sites_from_ledger(con: duckdb.DuckDBPyConnection) -> list[SiteInfo]:
+    rows = con.execute("SELECT site_id, latitude, longitude FROM sites").fetchall()
+    return [SiteInfo(r[0], r[1], r[2]) for r in rows]
+
+
+def save_state(con: duckdb.DuckDBPyConnection, state: pa.Table) -> int:
+    """Replace `rule_state` with the engine's pending and firing rows (one writer transaction)."""
+    con.register("gs_rule_state", state)
+    try:
+        con.execute("DELETE FROM rule_state")
+        con.execute(
+            """
+            INSERT INTO rule_state (rule_id, device_id, metric, pending_since, breaches, firing, fired_at)
+            SELECT rule_id, device_id, metric,
+                   CASE WHEN pending_since IS NULL THEN NULL ELSE make_timestamptz(pending_since) END,
+                   coalesce(breaches, 0), firing,
+                   CASE WHEN fired_at IS NULL THEN NULL ELSE make_timestamptz(fired_at) END
+            FROM gs_rule_state
+            """
+        )
+    finally:
+        con.unregister("gs_rule_state")
+    return int(state.num_rows)
+
+
+def load_state(con: duckdb.DuckDBPyConnection) -> pa.Table:
+    return con.execute(
+        """
+        SELECT rule_id, device_id, metric, epoch_us(pending_since) AS pending_since, breaches, firing,
+               epoch_us(fired_at) AS fired_at
+        FROM rule_state
+        """
+    ).to_arrow_table()
+
+
+class RulesRuntime:
+    def __init__(
+        self,
+        writer: StorageWriter,
+        units: Mapping[str, str],
+        *,
+        packs: Iterable[Path] = (),
+        builtin_packs: bool = True,
+        bucket_s: float = 30.0,
+    ) -> None:
+        self.writer = writer
+        self.units = dict(units)
+        self.packs = list(packs)
+        self.builtin_packs = builtin_packs
+        self.bucket_s = bucket_s
+        self.loaded = LoadedRules()
+        self.engine = RuleEngine([], self.units, bucket_s=bucket_s)
+        self.devices: dict[str, DeviceInfo] = {}
+        self.sites: list[SiteInfo] = []
+        self.reload_problems: list[str] = []
+        self.state_writes = 0
+
+    # --- loading ----------------------------------------------------------------------------
+    def _build(self, loaded: LoadedRules) -> RuleEngine:
+        engine = RuleEngine(
+            loaded.rules + loaded.disabled, self.units, overrides=loaded.overrides, bucket_s=self.bucket_s
+        )
+        engine.set_sites(self.sites)
+        engine.set_devices(self.devices.values())
+        return engine
+
+    def load(self, devices: Mapping[str, DeviceInfo] | None = None) -> RuleEngine:
+        """First load at start-up: broken rules are skipped (and reported), the rest run."""
+        con = self.writer.reader()
+        try:
+            self.devices = dict(devices) if devices is not None else devices_from_ledger(con)
+            self.sites = sites_from_ledger(con)
+            state = load_state(con)
+        finally:
+            con.close()
+        self.loaded = load_packs(pack_files(self.packs, self.builtin_packs), set(self.units))
+        self.engine = self._build(self.loaded)
+        self.engine.import_state(state)
+        self._backfill()
+        log.info(
+            "rules: %d loaded, %d overrides, %d device bindings, %d pack problems, %d states restored",
+            len(self.loaded.rules),
+            len(self.loaded.overrides),
+            self.engine.binding_count,
+            len(self.loaded.problems),
+            state.num_rows,
+        )
+        return self.engine
+
+    def reload(self) -> list[str]:
+        """Load the packs again. With any problem the running rules stay as they are; returns the problems."""
+        loaded = load_packs(pack_files(self.packs, self.builtin_packs), set(self.units))
+        if loaded.problems:
+            self.reload_problems = [str(p) for p in loaded.problems]
+            log.error("rule packs not reloaded: %d problems; the last valid packs keep running", len(loaded.problems))
+            return self.reload_problems
+        state = self.engine.export_state()
+        self.loaded = loaded
+        self.engine = self._build(loaded)
+        self.engine.import_state(state)
+        self._backfill()
+        self.reload_problems = []
+        log.info("rule packs reloaded: %d rules", len(loaded.rules))
+        return []
+
+    def _backfill(self) -> None:
+        metrics = sorted(self.engine.window_metrics)
+        if not metrics:
+            return
+        span = min(timedelta(seconds=self.engine.window_seconds), BACKFILL_LIMIT)
+        since = datetime.now(UTC) - span
+        con = self.writer.reader()
+        try:
+            history = con.execute(
+                "SELECT ts, device_id, metric, value, quality FROM readings WHERE ts >= ? AND metric IN "
+                "(SELECT unnest(?::VARCHAR[])) ORDER BY ts",
+                [since, metrics],
+            ).to_arrow_table()
+        finally:
+            con.close()
+        if history.num_rows:
+            self.engine.prime(history)
+            log.info("rules: windows refilled from %d stored readings (last %s)", history.num_rows, span)
+
+    def set_devices(self, devices: Iterable[DeviceInfo]) -> None:
+        devices = list(devices)
+        for d in devices:
+            self.devices[d.device_id] = d
+        self.engine.set_devices(devices)
+
+    # --- ticks ------------------------------------------------------------------------------
+    def evaluate(self, readings: pa.Table | pl.DataFrame, now: datetime | None = None) -> list[Finding]:
+        return self.engine.evaluate(readings, now=now or datetime.now(UTC))
+
+    async def persist(self) -> None:
+        """Rewrite `rule_state` if anything changed since the last write."""
+        if not self.engine.state_changed:
+            return
+        state = self.engine.export_state()
+        await self.writer.run(lambda con: save_state(con, state))
+        self.state_writes += 1
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "rules": len(self.engine.rules),
+            "bindings": self.engine.binding_count,
+            "overrides": len(self.loaded.overrides),
+            "pack_problems": [str(p) for p in self.loaded.problems],
+            "reload_problems": self.reload_problems,
+            "failed_rules": dict(self.engine.failed_rules),
+            "firing": self.engine.firing().height,
+        }
