@@ -162,6 +162,9 @@ class Config(_Model):
         problems = check_device_maps([(d.id, d.modbus) for d in self.devices if d.modbus], self.modbus.map_dirs)
         if problems:
             raise ValueError("; ".join(problems))
+        for d in self.devices:  # a polled device reports as often as it is polled, unless told otherwise
+            if d.modbus is not None and "expected_interval_s" not in d.model_fields_set:
+                d.expected_interval_s = d.modbus.interval_s
         return self
 
     @property

@@ -334,7 +334,10 @@ class DevicePoller:
                 out.event(ts, p.kind_of_event, p.metric, str(value))
             return
         if p.enum is not None:
-            state = p.enum.get(int(value), f"UNKNOWN_{int(value)}")
+            state = p.enum.get(int(value))
+            if state is None:  # a value the map does not know: kept as an event, counted against the point
+                state = f"UNKNOWN_{int(value)}"
+                self.health.point_errors[(p.metric, "unknown_state")] += 1
             if self._last_event_state.get(p.metric) != state:
                 self._last_event_state[p.metric] = state
                 out.event(ts, p.kind_of_event, state, f"{p.metric} is {state} (raw {int(value)})")

@@ -272,6 +272,43 @@ async def test_scan_command_prints_models(tmp_path: Path) -> None:
         assert line in text
 
 
+# --- status and alarm words become events on change -----------------------------------------------------------
+async def test_status_and_alarm_words_become_events() -> None:
+    tc = map_device("box_transformer_tc")
+    server = await _serve([tc])
+    sink = Sink()
+    collector = ModbusCollector(
+        ModbusConfig(flush_interval_ms=50), [("TC", _tcp(server.port, "box_transformer_tc", interval_s=0.2))], sink
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(collector.run(stop))
+    try:
+        await asyncio.sleep(0.5)
+        tc.overrides["controller_alarms"] = 0b1_0000_0001  # TOP_OIL_ALARM and WATER_IMMERSION
+        tc.overrides["fan_state"] = 3
+        await asyncio.sleep(0.5)
+        tc.overrides["controller_alarms"] = 0b1_0000_0000  # the top-oil alarm clears
+        tc.overrides["fan_state"] = 9  # a state the map does not know
+        await asyncio.sleep(0.5)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await server.stop()
+    ev = sink.events()
+    seen = list(zip(ev["kind"].to_pylist(), ev["code"].to_pylist(), ev["text"].to_pylist(), strict=True))
+    assert [(k, c) for k, c, _t in seen] == [
+        ("status", "FAN_ON_AUTO"),
+        ("status", "FAN_FAULT"),  # within one poll, in register order: the fan state word comes first
+        ("alarm", "TOP_OIL_ALARM"),
+        ("alarm", "WATER_IMMERSION"),
+        ("status", "UNKNOWN_9"),
+        ("alarm", "TOP_OIL_ALARM"),
+    ]
+    assert "raised" in seen[2][2] and "raised" in seen[3][2] and "cleared" in seen[5][2]
+    assert collector.pollers["TC"].health.point_errors[("fan_state", "unknown_state")] >= 1
+    assert "controller_alarms" not in sink.readings()["metric"].to_pylist()  # events, not readings
+
+
 # --- broken map at reload: refused, running map kept -----------------------------------------------------------
 async def test_broken_map_reload_keeps_running_map(tmp_path: Path) -> None:
     shipped = resolve_map("meter_3ph")
