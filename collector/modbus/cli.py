@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+import collector.modbus.collector  # noqa: F401  (quietens pymodbus' own logging)
 from collector.modbus.links import Link, ModbusReadError
 from collector.modbus.maps import MapError, builtin_maps, load_map_file, resolve_map
 from collector.modbus.poller import DevicePoller, PollOutput

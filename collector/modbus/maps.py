@@ -229,10 +229,8 @@ class MapIssue:
     message: str
 
     def __str__(self) -> str:
-        where = f"{self.file}" if self.file else "(map)"
-        if self.line is not None:
-            where += f":{self.line}"
-        return f"{where}: {self.path}: {self.message}"
+        where = "" if self.file is None else f"{self.file}" + (f":{self.line}" if self.line is not None else "")
+        return ": ".join(part for part in (where, self.path, self.message) if part)
 
 
 class MapError(Exception):
@@ -302,7 +300,7 @@ def resolve_map(name: str, map_dirs: list[Path] | tuple[Path, ...] = ()) -> Path
             MapIssue(
                 None,
                 None,
-                "map",
+                "",
                 f"no register map named {name!r} in {searched}; shipped maps: {', '.join(builtin_maps())}, "
                 "or `sunspec` for SunSpec discovery",
             )
