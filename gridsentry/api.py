@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from alerts.lifecycle import AlertStateError
+from collector.modbus.api import modbus_router
 from gridsentry import __version__
 from storage.sql import QueryRejectedError, QueryTimeoutError, run_read_query
 
@@ -66,6 +67,8 @@ def create_app(service: Service) -> FastAPI:
             return service.writer.reader()
         except RuntimeError as exc:
             raise HTTPException(503, "the database is not open (GridSentry is starting or stopping)") from exc
+
+    app.include_router(modbus_router(lambda: service.modbus))
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, Any]:

@@ -398,6 +398,8 @@ async def test_device_blocks_reach_duckdb_and_metrics(tmp_path: Path, modbus_fle
         await asyncio.sleep(2.0)
         async with httpx.AsyncClient() as client:
             metrics = (await client.get(f"{service.http_url}/metrics")).text
+            health = {d["device_id"]: d for d in (await client.get(f"{service.http_url}/api/modbus/devices")).json()}
+            missing = await client.get(f"{service.http_url}/api/modbus/devices/NOPE")
         con = service.writer.reader()
         try:
             rows = dict(
@@ -415,6 +417,10 @@ async def test_device_blocks_reach_duckdb_and_metrics(tmp_path: Path, modbus_fle
     assert "DEAD" not in rows
     assert oil is not None and 55 < oil[0] < 70 and oil[1] == Quality.GOOD
     assert ("DEAD", "link", "offline") in events
+    assert health["TX01-TC"]["state"] == "online" and health["DEAD"]["state"] == "offline"
+    assert health["DEAD"]["errors"]["connection"] >= 1 and health["DEAD"]["backoff_s"] >= 0
+    assert [m["id"] for m in health["INV01"]["sunspec"]["models"]] == [1, 103, 120, 160]
+    assert missing.status_code == 404 and "modbus" in missing.json()["detail"]
     assert ("INV01", "status", "MPPT") in events
     assert 'gridsentry_modbus_device_up{device_id="TX01-TC",link="tcp:127.0.0.1:' in metrics
     assert 'gridsentry_modbus_errors_total{device_id="DEAD"' in metrics and 'kind="connection"' in metrics
