@@ -282,6 +282,14 @@ def load_map_file(path: Path) -> RegisterMap:
     return parse_map(text, path)
 
 
+def point_lines(path: Path) -> dict[int, int]:
+    """Line of each point of a (valid) map file, for messages about its points."""
+    _raw, lines = load_yaml_with_lines(path.read_text(encoding="utf-8"))
+    return {
+        loc[1]: line for loc, line in lines.items() if len(loc) == 2 and loc[0] == "points" and isinstance(loc[1], int)
+    }
+
+
 def builtin_maps() -> list[str]:
     return sorted(p.stem for p in BUILTIN_MAP_DIR.glob("*.yaml"))
 

@@ -51,6 +51,11 @@ def modbus_metrics(collector: ModbusCollector | None) -> Iterator[Metric]:
     )
     readings = CounterMetricFamily("gridsentry_modbus_readings", "Readings decoded from Modbus polls", labels=labels)
     interval = GaugeMetricFamily("gridsentry_modbus_poll_interval_seconds", "Configured poll interval", labels=labels)
+    jitter = GaugeMetricFamily(
+        "gridsentry_modbus_poll_jitter_p99_seconds",
+        "99th percentile of how late polls started against their schedule (recent polls)",
+        labels=labels,
+    )
     map_errors = CounterMetricFamily(
         "gridsentry_modbus_map_errors", "Register maps refused at start or reload (the running one is kept)", labels=[]
     )
@@ -83,7 +88,10 @@ def modbus_metrics(collector: ModbusCollector | None) -> Iterator[Metric]:
         refused.add_metric(lv, h.merged_reads_refused)
         readings.add_metric(lv, h.readings)
         interval.add_metric(lv, h.interval_s)
+        if h.jitter_s:
+            late = sorted(h.jitter_s)
+            jitter.add_metric(lv, late[int(0.99 * (len(late) - 1))])
     map_errors.add_metric([], collector.stats.map_errors if collector else 0)
     map_reloads.add_metric([], collector.stats.map_reloads if collector else 0)
     yield from (polls, failed, requests, errors, point_errors, latency, up, last, backoff, failures, refused)
-    yield from (readings, interval, map_errors, map_reloads)
+    yield from (readings, interval, jitter, map_errors, map_reloads)

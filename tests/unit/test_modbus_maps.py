@@ -239,6 +239,11 @@ devices:
     assert ok.devices[0].modbus is not None and ok.devices[0].modbus.map == "meter_3ph"
     with pytest.raises(ConfigError, match="no register map named 'nope'"):
         parse_config(cfg.replace("vendor_x", "nope"))
+    # A unit that differs from the metric catalogue's is refused with the point's line.
+    _write(tmp_path, "name: vendor_x\npoints:\n  - {metric: ac_power_kw, fc: 3, address: 0, type: int32, unit: W}\n")
+    with pytest.raises(ConfigError) as err:
+        parse_config(cfg)
+    assert f"{tmp_path / 'vendor_x.yaml'}:3" in str(err.value) and "differs from the catalogue's 'kW'" in str(err.value)
 
 
 def test_shipped_maps_are_valid() -> None:
@@ -246,6 +251,12 @@ def test_shipped_maps_are_valid() -> None:
     assert {"box_transformer_tc", "box_transformer_meter", "dc_charger_vendor", "meter_3ph"} <= set(names)
     for name in names:
         assert load_map_file(resolve_map(name)).points
+    # ...and their units agree with the metric catalogue (config check refuses a map that disagrees).
+    devices = "\n".join(
+        f"  - {{id: D{i}, site: s1, kind: meter, modbus: {{host: 127.0.0.1, map: {n}}}}}" for i, n in enumerate(names)
+    )
+    cfg = parse_config(f"sites: [{{id: s1}}]\ndevices:\n{devices}\n")
+    assert len(cfg.devices) == len(names)
 
 
 def test_sunspec_models_become_a_map() -> None:
