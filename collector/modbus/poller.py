@@ -296,9 +296,16 @@ class DevicePoller:
             if p.type == "bit":
                 values[i] = regs
                 continue
-            if p.sentinel is not None and _unsigned(regs, p) == p.sentinel & ((1 << (16 * p.register_count)) - 1):
-                missing.add(i)
-                continue
+            if p.sentinel is not None:
+                raw_unsigned = _unsigned(regs, p)
+                width = 16 * p.register_count
+                if raw_unsigned == p.sentinel & ((1 << width) - 1):
+                    missing.add(i)
+                    continue
+                if p.type == "bitfield" and raw_unsigned >> (width - 1):
+                    # SunSpec bitfields use at most 15 (31) bits: with the top bit set the rest is meaningless.
+                    missing.add(i)
+                    continue
             values[i] = self._decoders[i](regs)
         for i, (ts, _regs) in raw.items():
             p = points[i]
