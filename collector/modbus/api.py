@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, HTTPException
 
-from collector.modbus.collector import ModbusCollector
-from collector.modbus.poller import DevicePoller
+if TYPE_CHECKING:  # imported by the API at start-up; pymodbus loads only when a device is polled
+    from collector.modbus.collector import ModbusCollector
+    from collector.modbus.poller import DevicePoller
 
 
 def _health(p: DevicePoller) -> dict[str, Any]:

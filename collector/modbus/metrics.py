@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from collector.modbus.collector import ModbusCollector
-from collector.modbus.poller import LATENCY_BUCKETS
+if TYPE_CHECKING:  # the exporter imports this module; pymodbus loads only when a device is polled
+    from collector.modbus.collector import ModbusCollector
+
+#: Request latency buckets (seconds): loopback answers in about a millisecond, RS-485 in hundreds.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 def modbus_metrics(collector: ModbusCollector | None) -> Iterator[Metric]:

@@ -28,15 +28,13 @@ from typing import Any
 from collector.modbus.decode import PointDecodeError, normalise, raw_decoder, scaled
 from collector.modbus.links import Link, ModbusReadError
 from collector.modbus.maps import Point, RegisterMap
+from collector.modbus.metrics import LATENCY_BUCKETS
 from collector.modbus.planner import ReadRequest, plan, split
 from collector.modbus.settings import ModbusDeviceConfig
 from collector.modbus.sunspec import SunSpecDevice, SunSpecNotFoundError, discover
 from storage.batch import Quality
 
 log = logging.getLogger(__name__)
-
-#: Request latency buckets (seconds): loopback answers in about a millisecond, RS-485 in hundreds.
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 @dataclass
@@ -209,8 +207,9 @@ class DevicePoller:
                     break
                 if exc.kind == "exception" and len(req.slots) > 1 and exc.code in (2, 3, 4):
                     parts = split(self.register_map, req)
-                    i = self.requests.index(req)
-                    self.requests[i : i + 1] = parts
+                    if req in self.requests:  # (a map reloaded mid-poll has a fresh plan already)
+                        i = self.requests.index(req)
+                        self.requests[i : i + 1] = parts
                     pending.extendleft(reversed(parts))
                     h.merged_reads_refused += 1
                     log.warning(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -252,7 +253,7 @@ async def test_scan_command_prints_models(tmp_path: Path) -> None:
     server = await _serve([sunspec_inverter()])
     try:
         proc = await asyncio.create_subprocess_exec(
-            str(Path(shutil.which("gridsentry") or ".venv/bin/gridsentry")),
+            str(Path(sys.executable).parent / "gridsentry"),  # the venv's entry point, whatever PATH says
             "modbus",
             "scan",
             f"127.0.0.1:{server.port}",
