@@ -30,12 +30,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pymodbus.client import AsyncModbusTcpClient  # noqa: E402
+from pymodbus.client import AsyncModbusTcpClient
 
-from collector.modbus.collector import ModbusCollector  # noqa: E402
-from collector.modbus.maps import RegisterMap  # noqa: E402
-from collector.modbus.settings import ModbusConfig, ModbusDeviceConfig  # noqa: E402
-from storage.batch import IngestBatch  # noqa: E402
+from collector.modbus.collector import ModbusCollector
+from collector.modbus.maps import RegisterMap
+from collector.modbus.settings import ModbusConfig, ModbusDeviceConfig
+from storage.batch import IngestBatch
 
 TYPES = ["uint16", "int16", "int32", "float32", "uint32", "uint16"]
 
