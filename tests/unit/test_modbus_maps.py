@@ -269,3 +269,17 @@ def test_sunspec_models_become_a_map() -> None:
     assert by_metric["energy_kwh"].type == "uint32" and by_metric["energy_kwh"].sentinel == 0
     assert by_metric["mppt2_voltage_v"].address == 40122 + 10 + 20 + 10
     assert by_metric["operating_state"].enum is not None and by_metric["inverter_events"].bits is not None
+
+
+def test_sunspec_float_settings_and_status_models() -> None:
+    models = [ModelInfo(1, 2, 66), ModelInfo(113, 70, 60), ModelInfo(121, 132, 30), ModelInfo(122, 164, 44)]
+    by_metric = {p.metric: p for p in SunSpecDevice(0, models).register_map().points}
+    w = by_metric["ac_power_kw"]
+    assert (w.address, w.type, w.scale_factor, w.sentinel) == (70 + 22, "float32", None, 0x7FC00000)
+    assert by_metric["operating_state"].address == 70 + 48 and by_metric["inverter_events"].address == 70 + 50
+    assert by_metric["max_power_setting_kw"].scale_factor == "sf_121_wmax_sf"
+    assert by_metric["sf_121_wmax_sf"].address == 132 + 22
+    ris = by_metric["insulation_resistance_kohm"]
+    assert ris.address == 164 + 44 and by_metric[ris.scale_factor or ""].address == 164 + 45
+    assert by_metric["active_energy_total_kwh"].type == "uint64"
+    assert by_metric["grid_connection"].bits == {0: "GRID_CONNECTED"}
