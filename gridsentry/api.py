@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from collector.modbus.api import modbus_router
 from gridsentry import __version__
 from gridsentry.api_alerts import alerts_router
 from gridsentry.api_history import add_history_routes
@@ -90,6 +91,8 @@ def create_app(service: Service) -> FastAPI:
             return service.writer.reader()
         except RuntimeError as exc:
             raise HTTPException(503, "the database is not open (GridSentry is starting or stopping)") from exc
+
+    app.include_router(modbus_router(lambda: service.modbus))
 
     @app.get("/healthz", tags=["health"], dependencies=[require("viewer", public="healthz")])
     def healthz() -> dict[str, Any]:

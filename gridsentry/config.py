@@ -179,9 +179,14 @@ class Config(_Model):
 
     @model_validator(mode="after")
     def _check_modbus_maps(self) -> Config:
-        problems = check_device_maps([(d.id, d.modbus) for d in self.devices if d.modbus], self.modbus.map_dirs)
+        polled = [(d.id, d.modbus) for d in self.devices if d.modbus]
+        units = {m.name: m.unit for m in metric_catalogue(self).values()} if polled else None
+        problems = check_device_maps(polled, self.modbus.map_dirs, units)
         if problems:
             raise ValueError("; ".join(problems))
+        for d in self.devices:  # a polled device reports as often as it is polled, unless told otherwise
+            if d.modbus is not None and "expected_interval_s" not in d.model_fields_set:
+                d.expected_interval_s = d.modbus.interval_s
         return self
 
     @property

@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Mapping
 from concurrent.futures import Future
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import orjson
@@ -28,7 +28,6 @@ import uvicorn
 
 from alerts.runtime import AlertStage
 from collector.mapping import FieldMapper
-from collector.modbus.collector import ModbusCollector
 from collector.mqtt import CollectorStats, MqttCollector
 from collector.paho_client import PahoMqttCollector
 from collector.payloads import MetricLimits
@@ -44,6 +43,9 @@ from storage.history import HistoryJobs
 from storage.ledger import register_unknown_devices, sync_ledger
 from storage.sql import QueryRunner
 from storage.writer import CommitResult, StorageWriter
+
+if TYPE_CHECKING:
+    from collector.modbus.collector import ModbusCollector
 
 log = logging.getLogger("gridsentry")
 
@@ -146,6 +148,8 @@ class Service:
         self.collector = self.collectors[0] if self.collectors else None
         modbus_devices = [(d.id, d.modbus) for d in cfg.devices if d.modbus is not None]
         if modbus_devices:
+            from collector.modbus.collector import ModbusCollector  # pymodbus loads only when something is polled
+
             self.modbus = ModbusCollector(cfg.modbus, modbus_devices, self.store, limits=limits)
             self._tasks.append(asyncio.create_task(self.modbus.run(self._stop), name="modbus-collector"))
         self._tasks.append(asyncio.create_task(self._rules_loop(), name="rules"))

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from collector.modbus.links import Link, ModbusReadError
 from collector.modbus.maps import MapError, builtin_maps, load_map_file, resolve_map
-from collector.modbus.poller import DevicePoller, PollOutput
 from collector.modbus.settings import ModbusDeviceConfig
-from collector.modbus.sunspec import SunSpecNotFoundError, discover
+
+if TYPE_CHECKING:  # pymodbus is imported by the commands that talk to devices, not by every CLI start
+    from collector.modbus.poller import DevicePoller, PollOutput
 
 modbus_app = typer.Typer(help="Modbus devices: SunSpec scan, one-off reads, register-map checks.", no_args_is_help=True)
 console = Console()
@@ -48,6 +48,11 @@ def scan(
 
 
 async def _scan(cfg: ModbusDeviceConfig) -> int:
+    import collector.modbus.collector  # noqa: F401  (quietens pymodbus' own logging)
+    from collector.modbus.links import Link, ModbusReadError
+    from collector.modbus.poller import DevicePoller
+    from collector.modbus.sunspec import SunSpecNotFoundError, discover
+
     link = Link(cfg)
     try:
 
@@ -114,6 +119,10 @@ def read(
 
 
 async def _read(cfg: ModbusDeviceConfig, register_map: object) -> int:
+    import collector.modbus.collector  # noqa: F401  (quietens pymodbus' own logging)
+    from collector.modbus.links import Link
+    from collector.modbus.poller import DevicePoller
+
     link = Link(cfg)
     outputs: list[PollOutput] = []
     try:

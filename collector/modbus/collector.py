@@ -24,8 +24,8 @@ from collector.payloads import MetricLimits
 from storage.batch import IngestBatch, events_from_columns, readings_from_columns
 
 log = logging.getLogger(__name__)
-# pymodbus reports every retry and frame at INFO; GridSentry counts and logs those itself.
-logging.getLogger("pymodbus").setLevel(logging.WARNING)
+# pymodbus reports every retry, frame and refused connection; GridSentry counts and logs those itself.
+logging.getLogger("pymodbus").setLevel(logging.ERROR)
 
 Sink = Callable[[IngestBatch], Awaitable[Any]]
 

@@ -109,7 +109,8 @@ class Link:
             raise ValueError(f"function code {fc} is not a read; GridSentry never writes to field equipment")
         async with self.lock:
             await self.connect(timeout_s)
-            self.client.comm_params.timeout_connect = timeout_s
+            # Devices sharing a link may have their own timeouts; pymodbus waits on its transaction copy.
+            self.client.ctx.comm_params.timeout_connect = timeout_s
             self.requests += 1
             try:
                 if fc == 3:

@@ -229,10 +229,8 @@ class MapIssue:
     message: str
 
     def __str__(self) -> str:
-        where = f"{self.file}" if self.file else "(map)"
-        if self.line is not None:
-            where += f":{self.line}"
-        return f"{where}: {self.path}: {self.message}"
+        where = "" if self.file is None else f"{self.file}" + (f":{self.line}" if self.line is not None else "")
+        return ": ".join(part for part in (where, self.path, self.message) if part)
 
 
 class MapError(Exception):
@@ -284,6 +282,14 @@ def load_map_file(path: Path) -> RegisterMap:
     return parse_map(text, path)
 
 
+def point_lines(path: Path) -> dict[int, int]:
+    """Line of each point of a (valid) map file, for messages about its points."""
+    _raw, lines = load_yaml_with_lines(path.read_text(encoding="utf-8"))
+    return {
+        loc[1]: line for loc, line in lines.items() if len(loc) == 2 and loc[0] == "points" and isinstance(loc[1], int)
+    }
+
+
 def builtin_maps() -> list[str]:
     return sorted(p.stem for p in BUILTIN_MAP_DIR.glob("*.yaml"))
 
@@ -302,7 +308,7 @@ def resolve_map(name: str, map_dirs: list[Path] | tuple[Path, ...] = ()) -> Path
             MapIssue(
                 None,
                 None,
-                "map",
+                "",
                 f"no register map named {name!r} in {searched}; shipped maps: {', '.join(builtin_maps())}, "
                 "or `sunspec` for SunSpec discovery",
             )

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from collector.modbus.collector import ModbusCollector
-from collector.modbus.poller import LATENCY_BUCKETS
+if TYPE_CHECKING:  # the exporter imports this module; pymodbus loads only when a device is polled
+    from collector.modbus.collector import ModbusCollector
+
+#: Request latency buckets (seconds): loopback answers in about a millisecond, RS-485 in hundreds.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 def modbus_metrics(collector: ModbusCollector | None) -> Iterator[Metric]:
@@ -51,6 +55,11 @@ def modbus_metrics(collector: ModbusCollector | None) -> Iterator[Metric]:
     )
     readings = CounterMetricFamily("gridsentry_modbus_readings", "Readings decoded from Modbus polls", labels=labels)
     interval = GaugeMetricFamily("gridsentry_modbus_poll_interval_seconds", "Configured poll interval", labels=labels)
+    jitter = GaugeMetricFamily(
+        "gridsentry_modbus_poll_jitter_p99_seconds",
+        "99th percentile of how late polls started against their schedule (recent polls)",
+        labels=labels,
+    )
     map_errors = CounterMetricFamily(
         "gridsentry_modbus_map_errors", "Register maps refused at start or reload (the running one is kept)", labels=[]
     )
@@ -83,7 +92,10 @@ def modbus_metrics(collector: ModbusCollector | None) -> Iterator[Metric]:
         refused.add_metric(lv, h.merged_reads_refused)
         readings.add_metric(lv, h.readings)
         interval.add_metric(lv, h.interval_s)
+        if h.jitter_s:
+            late = sorted(h.jitter_s)
+            jitter.add_metric(lv, late[int(0.99 * (len(late) - 1))])
     map_errors.add_metric([], collector.stats.map_errors if collector else 0)
     map_reloads.add_metric([], collector.stats.map_reloads if collector else 0)
     yield from (polls, failed, requests, errors, point_errors, latency, up, last, backoff, failures, refused)
-    yield from (readings, interval, map_errors, map_reloads)
+    yield from (readings, interval, jitter, map_errors, map_reloads)

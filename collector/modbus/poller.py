@@ -28,15 +28,13 @@ from typing import Any
 from collector.modbus.decode import PointDecodeError, normalise, raw_decoder, scaled
 from collector.modbus.links import Link, ModbusReadError
 from collector.modbus.maps import Point, RegisterMap
+from collector.modbus.metrics import LATENCY_BUCKETS
 from collector.modbus.planner import ReadRequest, plan, split
 from collector.modbus.settings import ModbusDeviceConfig
 from collector.modbus.sunspec import SunSpecDevice, SunSpecNotFoundError, discover
 from storage.batch import Quality
 
 log = logging.getLogger(__name__)
-
-#: Request latency buckets (seconds): loopback answers in about a millisecond, RS-485 in hundreds.
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 @dataclass
@@ -209,8 +207,9 @@ class DevicePoller:
                     break
                 if exc.kind == "exception" and len(req.slots) > 1 and exc.code in (2, 3, 4):
                     parts = split(self.register_map, req)
-                    i = self.requests.index(req)
-                    self.requests[i : i + 1] = parts
+                    if req in self.requests:  # (a map reloaded mid-poll has a fresh plan already)
+                        i = self.requests.index(req)
+                        self.requests[i : i + 1] = parts
                     pending.extendleft(reversed(parts))
                     h.merged_reads_refused += 1
                     log.warning(
@@ -296,9 +295,16 @@ class DevicePoller:
             if p.type == "bit":
                 values[i] = regs
                 continue
-            if p.sentinel is not None and _unsigned(regs, p) == p.sentinel & ((1 << (16 * p.register_count)) - 1):
-                missing.add(i)
-                continue
+            if p.sentinel is not None:
+                raw_unsigned = _unsigned(regs, p)
+                width = 16 * p.register_count
+                if raw_unsigned == p.sentinel & ((1 << width) - 1):
+                    missing.add(i)
+                    continue
+                if p.type == "bitfield" and raw_unsigned >> (width - 1):
+                    # SunSpec bitfields use at most 15 (31) bits: with the top bit set the rest is meaningless.
+                    missing.add(i)
+                    continue
             values[i] = self._decoders[i](regs)
         for i, (ts, _regs) in raw.items():
             p = points[i]
@@ -334,7 +340,10 @@ class DevicePoller:
                 out.event(ts, p.kind_of_event, p.metric, str(value))
             return
         if p.enum is not None:
-            state = p.enum.get(int(value), f"UNKNOWN_{int(value)}")
+            state = p.enum.get(int(value))
+            if state is None:  # a value the map does not know: kept as an event, counted against the point
+                state = f"UNKNOWN_{int(value)}"
+                self.health.point_errors[(p.metric, "unknown_state")] += 1
             if self._last_event_state.get(p.metric) != state:
                 self._last_event_state[p.metric] = state
                 out.event(ts, p.kind_of_event, state, f"{p.metric} is {state} (raw {int(value)})")

@@ -86,9 +86,15 @@ class ModbusConfig(_Model):
     )
 
 
-def check_device_maps(devices: list[tuple[str, ModbusDeviceConfig]], map_dirs: list[Path]) -> list[str]:
-    """Every problem of the maps the devices name (file and line), for `gridsentry config check`."""
-    from collector.modbus.maps import MapError, load_map_file, resolve_map  # maps imports pydantic models only
+def check_device_maps(
+    devices: list[tuple[str, ModbusDeviceConfig]], map_dirs: list[Path], units: dict[str, str] | None = None
+) -> list[str]:
+    """Every problem of the maps the devices name (file and line), for `gridsentry config check`.
+
+    With `units` (the metric catalogue), a point whose unit differs from its metric's catalogue unit
+    is a problem too: rules and screens would show a W value as kW.
+    """
+    from collector.modbus.maps import MapError, load_map_file, point_lines, resolve_map
 
     problems: list[str] = []
     checked: dict[Path, list[str]] = {}
@@ -99,8 +105,15 @@ def check_device_maps(devices: list[tuple[str, ModbusDeviceConfig]], map_dirs: l
             path = resolve_map(cfg.map, map_dirs).resolve()
             if path not in checked:
                 try:
-                    load_map_file(path)
-                    checked[path] = []
+                    register_map = load_map_file(path)
+                    lines = point_lines(path)
+                    checked[path] = [
+                        f"{path}:{lines.get(i, '?')}: points[{i}] ({p.metric}): unit {p.unit!r} differs from the "
+                        f"catalogue's {units[p.metric]!r} for this metric; scale the value to "
+                        f"{units[p.metric]} (scale:) and say unit: {units[p.metric]}, or name another metric"
+                        for i, p in enumerate(register_map.points)
+                        if units and p.unit is not None and p.metric in units and p.unit != units[p.metric]
+                    ]
                 except MapError as exc:
                     checked[path] = [str(i) for i in exc.issues]
             problems += [f"device {device_id}: register map {p}" for p in checked[path]]

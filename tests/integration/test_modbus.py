@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -253,7 +254,7 @@ async def test_scan_command_prints_models(tmp_path: Path) -> None:
     server = await _serve([sunspec_inverter()])
     try:
         proc = await asyncio.create_subprocess_exec(
-            str(Path(shutil.which("gridsentry") or ".venv/bin/gridsentry")),
+            str(Path(sys.executable).parent / "gridsentry"),  # the venv's entry point, whatever PATH says
             "modbus",
             "scan",
             f"127.0.0.1:{server.port}",
@@ -271,6 +272,43 @@ async def test_scan_command_prints_models(tmp_path: Path) -> None:
     assert "SunSpec device" in text and "SIM-INV-0001" in text
     for line in ("Inverter (three phase)", "Multiple MPPT", "ac_power_kw", "kW"):
         assert line in text
+
+
+# --- status and alarm words become events on change -----------------------------------------------------------
+async def test_status_and_alarm_words_become_events() -> None:
+    tc = map_device("box_transformer_tc")
+    server = await _serve([tc])
+    sink = Sink()
+    collector = ModbusCollector(
+        ModbusConfig(flush_interval_ms=50), [("TC", _tcp(server.port, "box_transformer_tc", interval_s=0.2))], sink
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(collector.run(stop))
+    try:
+        await asyncio.sleep(0.5)
+        tc.overrides["controller_alarms"] = 0b1_0000_0001  # TOP_OIL_ALARM and WATER_IMMERSION
+        tc.overrides["fan_state"] = 3
+        await asyncio.sleep(0.5)
+        tc.overrides["controller_alarms"] = 0b1_0000_0000  # the top-oil alarm clears
+        tc.overrides["fan_state"] = 9  # a state the map does not know
+        await asyncio.sleep(0.5)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await server.stop()
+    ev = sink.events()
+    seen = list(zip(ev["kind"].to_pylist(), ev["code"].to_pylist(), ev["text"].to_pylist(), strict=True))
+    assert [(k, c) for k, c, _t in seen] == [
+        ("status", "FAN_ON_AUTO"),
+        ("status", "FAN_FAULT"),  # within one poll, in register order: the fan state word comes first
+        ("alarm", "TOP_OIL_ALARM"),
+        ("alarm", "WATER_IMMERSION"),
+        ("status", "UNKNOWN_9"),
+        ("alarm", "TOP_OIL_ALARM"),
+    ]
+    assert "raised" in seen[2][2] and "raised" in seen[3][2] and "cleared" in seen[5][2]
+    assert collector.pollers["TC"].health.point_errors[("fan_state", "unknown_state")] >= 1
+    assert "controller_alarms" not in sink.readings()["metric"].to_pylist()  # events, not readings
 
 
 # --- broken map at reload: refused, running map kept -----------------------------------------------------------
@@ -362,6 +400,8 @@ async def test_device_blocks_reach_duckdb_and_metrics(tmp_path: Path, modbus_fle
         await asyncio.sleep(2.0)
         async with httpx.AsyncClient(headers=api_headers(service.cfg.data_dir)) as client:
             metrics = (await client.get(f"{service.http_url}/metrics")).text
+            health = {d["device_id"]: d for d in (await client.get(f"{service.http_url}/api/modbus/devices")).json()}
+            missing = await client.get(f"{service.http_url}/api/modbus/devices/NOPE")
         con = service.writer.reader()
         try:
             rows = dict(
@@ -379,6 +419,10 @@ async def test_device_blocks_reach_duckdb_and_metrics(tmp_path: Path, modbus_fle
     assert "DEAD" not in rows
     assert oil is not None and 55 < oil[0] < 70 and oil[1] == Quality.GOOD
     assert ("DEAD", "link", "offline") in events
+    assert health["TX01-TC"]["state"] == "online" and health["DEAD"]["state"] == "offline"
+    assert health["DEAD"]["errors"]["connection"] >= 1 and health["DEAD"]["backoff_s"] >= 0
+    assert [m["id"] for m in health["INV01"]["sunspec"]["models"]] == [1, 103, 120, 160]
+    assert missing.status_code == 404 and "modbus" in missing.json()["detail"]
     assert ("INV01", "status", "MPPT") in events
     assert 'gridsentry_modbus_device_up{device_id="TX01-TC",link="tcp:127.0.0.1:' in metrics
     assert 'gridsentry_modbus_errors_total{device_id="DEAD"' in metrics and 'kind="connection"' in metrics

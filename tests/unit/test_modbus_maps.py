@@ -239,6 +239,11 @@ devices:
     assert ok.devices[0].modbus is not None and ok.devices[0].modbus.map == "meter_3ph"
     with pytest.raises(ConfigError, match="no register map named 'nope'"):
         parse_config(cfg.replace("vendor_x", "nope"))
+    # A unit that differs from the metric catalogue's is refused with the point's line.
+    _write(tmp_path, "name: vendor_x\npoints:\n  - {metric: ac_power_kw, fc: 3, address: 0, type: int32, unit: W}\n")
+    with pytest.raises(ConfigError) as err:
+        parse_config(cfg)
+    assert f"{tmp_path / 'vendor_x.yaml'}:3" in str(err.value) and "differs from the catalogue's 'kW'" in str(err.value)
 
 
 def test_shipped_maps_are_valid() -> None:
@@ -246,6 +251,12 @@ def test_shipped_maps_are_valid() -> None:
     assert {"box_transformer_tc", "box_transformer_meter", "dc_charger_vendor", "meter_3ph"} <= set(names)
     for name in names:
         assert load_map_file(resolve_map(name)).points
+    # ...and their units agree with the metric catalogue (config check refuses a map that disagrees).
+    devices = "\n".join(
+        f"  - {{id: D{i}, site: s1, kind: meter, modbus: {{host: 127.0.0.1, map: {n}}}}}" for i, n in enumerate(names)
+    )
+    cfg = parse_config(f"sites: [{{id: s1}}]\ndevices:\n{devices}\n")
+    assert len(cfg.devices) == len(names)
 
 
 def test_sunspec_models_become_a_map() -> None:
@@ -258,3 +269,17 @@ def test_sunspec_models_become_a_map() -> None:
     assert by_metric["energy_kwh"].type == "uint32" and by_metric["energy_kwh"].sentinel == 0
     assert by_metric["mppt2_voltage_v"].address == 40122 + 10 + 20 + 10
     assert by_metric["operating_state"].enum is not None and by_metric["inverter_events"].bits is not None
+
+
+def test_sunspec_float_settings_and_status_models() -> None:
+    models = [ModelInfo(1, 2, 66), ModelInfo(113, 70, 60), ModelInfo(121, 132, 30), ModelInfo(122, 164, 44)]
+    by_metric = {p.metric: p for p in SunSpecDevice(0, models).register_map().points}
+    w = by_metric["ac_power_kw"]
+    assert (w.address, w.type, w.scale_factor, w.sentinel) == (70 + 22, "float32", None, 0x7FC00000)
+    assert by_metric["operating_state"].address == 70 + 48 and by_metric["inverter_events"].address == 70 + 50
+    assert by_metric["max_power_setting_kw"].scale_factor == "sf_121_wmax_sf"
+    assert by_metric["sf_121_wmax_sf"].address == 132 + 22
+    ris = by_metric["insulation_resistance_kohm"]
+    assert ris.address == 164 + 44 and by_metric[ris.scale_factor or ""].address == 164 + 45
+    assert by_metric["active_energy_total_kwh"].type == "uint64"
+    assert by_metric["grid_connection"].bits == {0: "GRID_CONNECTED"}
