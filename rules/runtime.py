@@ -159,23 +159,32 @@ class RulesRuntime:
         return []
 
     def _backfill(self) -> None:
-        metrics = sorted(self.engine.window_metrics)
-        if not metrics:
+        """Refill each metric's window (its longest, at most BACKFILL_LIMIT) from stored readings."""
+        spans = {m: min(sec, BACKFILL_LIMIT.total_seconds()) for m, sec in self.engine.window_spans().items()}
+        if not spans:
             return
-        span = min(timedelta(seconds=self.engine.window_seconds), BACKFILL_LIMIT)
-        since = datetime.now(UTC) - span
+        now = datetime.now(UTC)
+        since = now - timedelta(seconds=max(spans.values()))
+        metrics = sorted(spans)
         con = self.writer.reader()
         try:
             history = con.execute(
                 "SELECT ts, device_id, metric, value, quality FROM readings WHERE ts >= ? AND metric IN "
-                "(SELECT unnest(?::VARCHAR[])) ORDER BY ts",
+                "(SELECT unnest(?::VARCHAR[]))",
                 [since, metrics],
             ).to_arrow_table()
         finally:
             con.close()
-        if history.num_rows:
-            self.engine.prime(history)
-            log.info("rules: windows refilled from %d stored readings (last %s)", history.num_rows, span)
+        if not history.num_rows:
+            return
+        frame = pl.from_arrow(history)
+        assert isinstance(frame, pl.DataFrame)
+        cutoff = {m: int((now - timedelta(seconds=sec)).timestamp() * 1_000_000) for m, sec in spans.items()}
+        frame = frame.filter(
+            pl.col("ts").dt.epoch("us") >= pl.col("metric").replace_strict(cutoff, default=0, return_dtype=pl.Int64)
+        ).sort("ts")
+        self.engine.prime(frame)
+        log.info("rules: windows refilled from %d stored readings", frame.height)
 
     def set_devices(self, devices: Iterable[DeviceInfo]) -> None:
         devices = list(devices)

@@ -4,6 +4,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import polars as pl
 import pytest
 from typer.testing import CliRunner
 
@@ -145,6 +146,7 @@ def test_state_persists_across_a_restart(tmp_path: Path):
         runtime.load(devices)
         assert runtime.evaluate(hot(0), now=now) == []  # pending: the rule needs 30 s
         asyncio.run(runtime.persist())
+        writer.append_sync(IngestBatch(readings=hot(0)))  # stored history the restart refills windows from
     finally:
         writer.close()
     writer = StorageWriter(path)
@@ -152,6 +154,7 @@ def test_state_persists_across_a_restart(tmp_path: Path):
     try:
         runtime = RulesRuntime(writer, METRIC_UNITS)
         runtime.load(devices)
+        assert runtime.engine._buckets.filter(pl.col("metric") == "gun1_temp_c").height == 1  # window refilled
         fired = runtime.evaluate(hot(31), now=now + timedelta(seconds=31))
         assert {f.rule_id for f in fired} >= {"dc_gun_overtemp_warning", "dc_gun_overtemp_critical"}
         asyncio.run(runtime.persist())
