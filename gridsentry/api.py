@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 
 from alerts.lifecycle import AlertStateError
 from gridsentry import __version__
+from gridsentry.api_rules import rules_router
 from storage.sql import QueryRejectedError, QueryTimeoutError, run_read_query
 
 if TYPE_CHECKING:
@@ -60,6 +61,8 @@ def create_app(service: Service) -> FastAPI:
         version=__version__,
         description="Telemetry monitor for EV-charging, PV and box-transformer fleets.",
     )
+
+    app.include_router(rules_router(service))
 
     def reader() -> duckdb.DuckDBPyConnection:
         try:

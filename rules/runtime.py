@@ -10,6 +10,7 @@ A reload with broken packs keeps the last valid rules running.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -109,6 +110,8 @@ class RulesRuntime:
         self.sites: list[SiteInfo] = []
         self.reload_problems: list[str] = []
         self.state_writes = 0
+        # Evaluation runs on a worker thread; a reload swaps the engine between two ticks, never during one.
+        self._lock = threading.Lock()
 
     # --- loading ----------------------------------------------------------------------------
     def _build(self, loaded: LoadedRules) -> RuleEngine:
@@ -149,11 +152,12 @@ class RulesRuntime:
             self.reload_problems = [str(p) for p in loaded.problems]
             log.error("rule packs not reloaded: %d problems; the last valid packs keep running", len(loaded.problems))
             return self.reload_problems
-        state = self.engine.export_state()
-        self.loaded = loaded
-        self.engine = self._build(loaded)
-        self.engine.import_state(state)
-        self._backfill()
+        engine = self._build(loaded)
+        with self._lock:
+            engine.import_state(self.engine.export_state())
+            self.loaded = loaded
+            self.engine = engine
+            self._backfill()
         self.reload_problems = []
         log.info("rule packs reloaded: %d rules", len(loaded.rules))
         return []
@@ -194,7 +198,8 @@ class RulesRuntime:
 
     # --- ticks ------------------------------------------------------------------------------
     def evaluate(self, readings: pa.Table | pl.DataFrame, now: datetime | None = None) -> list[Finding]:
-        return self.engine.evaluate(readings, now=now or datetime.now(UTC))
+        with self._lock:
+            return self.engine.evaluate(readings, now=now or datetime.now(UTC))
 
     async def persist(self) -> None:
         """Rewrite `rule_state` if anything changed since the last write."""
