@@ -198,7 +198,7 @@ def main() -> None:
             readings = batch.num_rows
 
     def p90(xs: list[float]) -> float:
-        return sorted(xs)[max(0, int(len(xs) * 0.9) - 1)] if xs else float("nan")
+        return sorted(xs)[min(len(xs) - 1, int(len(xs) * 0.9))] if xs else float("nan")
 
     def ms(x: float) -> str:
         return f"{x * 1000:7.1f} ms"

@@ -23,6 +23,7 @@ from collector.modbus.api import modbus_router
 from gridsentry import __version__
 from gridsentry.api_alerts import alerts_router
 from gridsentry.api_history import add_history_routes
+from gridsentry.api_rules import rules_router
 from gridsentry.auth import principal_of, require
 from gridsentry.exporter import render_metrics
 from gridsentry.screens.wall import install_wall
@@ -85,6 +86,8 @@ def create_app(service: Service) -> FastAPI:
     def openapi() -> dict[str, Any]:
         """The OpenAPI schema of this API."""
         return app.openapi()
+
+    app.include_router(rules_router(service))
 
     def reader() -> duckdb.DuckDBPyConnection:
         try:

@@ -124,6 +124,14 @@ class ServiceCollector(Collector):
             value=len(s.loaded_rules.problems),
         )
         yield GaugeMetricFamily(
+            "gridsentry_rules_disabled_after_error",
+            "Rules disabled because they failed during evaluation (each also raised a GridSentry alert)",
+            value=len(e.failed_rules),
+        )
+        yield GaugeMetricFamily(
+            "gridsentry_rules_firing", "Rule x device x metric conditions currently firing", value=e.firing().height
+        )
+        yield GaugeMetricFamily(
             "gridsentry_rules_last_evaluation_seconds",
             "Duration of the last rule evaluation",
             value=e.last_eval_seconds,

@@ -189,14 +189,11 @@ class RuleEngine:
         self._key_params = pl.DataFrame()
         self._touched: list[pl.Series] = []
         self._touched_all = True
-        self._sums = pl.DataFrame(schema=windows.SUMS_SCHEMA)
+        self._windows = windows.WindowSums()
         self._stuck = pl.DataFrame(schema=windows.STUCK_SCHEMA)
         self._edge: int | None = None
-        self._window_lengths: list[float] = []
         self._passes = 0
         self._edge_before: int | None = None
-        self._origin: int | None = None
-        self._dirty: list[pl.DataFrame] = []
         self.failed_rules: dict[str, str] = {}
         self.evaluations = 0
         self.readings_evaluated = 0
@@ -299,9 +296,9 @@ class RuleEngine:
             keep_us=(pl.col("window_s").max().clip(upper_bound=self.max_window_s) * 1e6).cast(pl.Int64)
         )
         self._key_params = bindings.select(*_KEY, "variant", "site", "for_us", "repeat").unique(_KEY)
-        self._window_lengths = sorted(set(self._stat_keys["window_s"].to_list())) if self._stat_keys.height else []
         self._touched_all = True
         self._edge = None  # the window sums are rebuilt from the bucket store at the next pass
+        self._windows = windows.WindowSums()
         for key, rule in self._variants.items():
             if rule.kind == "expression" and key not in self._compiled:
                 assert rule.expression is not None
@@ -340,6 +337,12 @@ class RuleEngine:
     @property
     def binding_count(self) -> int:
         return self._bindings.height
+
+    def window_spans(self) -> dict[str, float]:
+        """Seconds of history each metric's windows need (what a restart refills)."""
+        if self._retention.height == 0:
+            return {}
+        return {str(m): int(k) / 1e6 for m, k in self._retention.iter_rows()}
 
     @property
     def window_metrics(self) -> set[str]:
@@ -397,9 +400,6 @@ class RuleEngine:
             return
         oldest_fresh = fresh["b"].min()
         assert isinstance(oldest_fresh, int)
-        if self._edge is not None and oldest_fresh < self._edge:
-            # Late data for buckets already counted in the window sums: recount those series.
-            self._dirty.append(fresh.filter(pl.col("b") < self._edge).select("device_id", "metric").unique())
         # Only buckets at or after the oldest fresh one can collide; the rest stay untouched.
         old = self._buckets.filter(pl.col("b") < oldest_fresh)
         overlap = (
@@ -565,29 +565,18 @@ class RuleEngine:
         """Bring the window sums up to `edge` (buckets before it are closed) and return the
         statistics of the keys to judge, relative to now."""
         all_keys = self._stat_keys.lazy().select("device_id", "metric", "window_s")
-        buckets = self._buckets.lazy()
         self._edge_before = self._edge
-        if self._edge is None or self._origin is None:
-            self._origin = edge
-            self._sums = windows.full(buckets, all_keys, self._origin, edge).collect()
-        elif edge > self._edge:
-            change = windows.delta(
-                self._between, all_keys, self._origin, self._edge, edge, self._window_lengths
-            ).collect()
-            self._sums = windows.apply(self._sums, change)
-        if self._dirty and self._edge is not None:
-            dirty = pl.concat(self._dirty).unique()
-            recount = all_keys.join(dirty.lazy(), on=["device_id", "metric"], how="semi")
-            fresh = windows.full(buckets, recount, self._origin, edge).collect()
-            self._sums = pl.concat(
-                [self._sums.join(dirty, on=["device_id", "metric"], how="anti"), fresh], how="vertical_relaxed"
-            )
-        self._dirty = []
+        w = self._windows
+        if self._edge is None or w.edge is None:
+            w.rebuild(self._buckets, all_keys, edge)
+        elif edge > w.edge:
+            w.advance(self._between(w.edge, edge), all_keys, edge)
         self._edge = edge
-        judged = self._sums.lazy().join(
+        assert w.origin is not None
+        judged = w.sums.lazy().join(
             touched_keys.lazy().select("device_id", "metric", "window_s"), on=windows.KEY, how="semi"
         )
-        return windows.relative_to_now(judged, self._origin, now_us).collect().lazy()
+        return windows.relative_to_now(judged, w.origin, now_us).collect().lazy()
 
     def _run(self, plans: list[_Plan], findings: list[Finding]) -> list[pl.DataFrame]:
         """Collect every kind's plan in one go (Polars runs them in parallel); if that raises,

@@ -10,6 +10,7 @@ A reload with broken packs keeps the last valid rules running.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -109,6 +110,8 @@ class RulesRuntime:
         self.sites: list[SiteInfo] = []
         self.reload_problems: list[str] = []
         self.state_writes = 0
+        # Evaluation runs on a worker thread; a reload swaps the engine between two ticks, never during one.
+        self._lock = threading.Lock()
 
     # --- loading ----------------------------------------------------------------------------
     def _build(self, loaded: LoadedRules) -> RuleEngine:
@@ -149,33 +152,43 @@ class RulesRuntime:
             self.reload_problems = [str(p) for p in loaded.problems]
             log.error("rule packs not reloaded: %d problems; the last valid packs keep running", len(loaded.problems))
             return self.reload_problems
-        state = self.engine.export_state()
-        self.loaded = loaded
-        self.engine = self._build(loaded)
-        self.engine.import_state(state)
-        self._backfill()
+        engine = self._build(loaded)
+        with self._lock:
+            engine.import_state(self.engine.export_state())
+            self.loaded = loaded
+            self.engine = engine
+            self._backfill()
         self.reload_problems = []
         log.info("rule packs reloaded: %d rules", len(loaded.rules))
         return []
 
     def _backfill(self) -> None:
-        metrics = sorted(self.engine.window_metrics)
-        if not metrics:
+        """Refill each metric's window (its longest, at most BACKFILL_LIMIT) from stored readings."""
+        spans = {m: min(sec, BACKFILL_LIMIT.total_seconds()) for m, sec in self.engine.window_spans().items()}
+        if not spans:
             return
-        span = min(timedelta(seconds=self.engine.window_seconds), BACKFILL_LIMIT)
-        since = datetime.now(UTC) - span
+        now = datetime.now(UTC)
+        since = now - timedelta(seconds=max(spans.values()))
+        metrics = sorted(spans)
         con = self.writer.reader()
         try:
             history = con.execute(
                 "SELECT ts, device_id, metric, value, quality FROM readings WHERE ts >= ? AND metric IN "
-                "(SELECT unnest(?::VARCHAR[])) ORDER BY ts",
+                "(SELECT unnest(?::VARCHAR[]))",
                 [since, metrics],
             ).to_arrow_table()
         finally:
             con.close()
-        if history.num_rows:
-            self.engine.prime(history)
-            log.info("rules: windows refilled from %d stored readings (last %s)", history.num_rows, span)
+        if not history.num_rows:
+            return
+        frame = pl.from_arrow(history)
+        assert isinstance(frame, pl.DataFrame)
+        cutoff = {m: int((now - timedelta(seconds=sec)).timestamp() * 1_000_000) for m, sec in spans.items()}
+        frame = frame.filter(
+            pl.col("ts").dt.epoch("us") >= pl.col("metric").replace_strict(cutoff, default=0, return_dtype=pl.Int64)
+        ).sort("ts")
+        self.engine.prime(frame)
+        log.info("rules: windows refilled from %d stored readings", frame.height)
 
     def set_devices(self, devices: Iterable[DeviceInfo]) -> None:
         devices = list(devices)
@@ -185,7 +198,8 @@ class RulesRuntime:
 
     # --- ticks ------------------------------------------------------------------------------
     def evaluate(self, readings: pa.Table | pl.DataFrame, now: datetime | None = None) -> list[Finding]:
-        return self.engine.evaluate(readings, now=now or datetime.now(UTC))
+        with self._lock:
+            return self.engine.evaluate(readings, now=now or datetime.now(UTC))
 
     async def persist(self) -> None:
         """Rewrite `rule_state` if anything changed since the last write."""

@@ -5,8 +5,8 @@ the window: bucket count k, Σx, Σy, Σx², Σxy, Σy² (x = bucket mean time, 
 for the least-squares line of trend and rate rules, and Σn, Σvalue for window means (deviation,
 expression). Each windowed pass adds the buckets that closed since the last pass and subtracts
 those that slid out of the window: O(new + expired buckets), independent of the window length.
-A bucket that receives late data after it was counted marks its series dirty; dirty series (and
-everything after a rebind or start-up) are recomputed from the bucket store in one pass.
+Each bucket's contribution is kept until it expires, so expiring needs no look-up; everything is
+rebuilt from the bucket store after a rebind or start-up.
 
 x is measured in seconds from a per-engine origin so the sums stay well conditioned; statistics
 handed to the kinds are shifted to "seconds before now", where the fitted value is the intercept.
@@ -40,19 +40,21 @@ STUCK_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
-def _contributions(frame: pl.LazyFrame, origin_us: int, sign: float) -> pl.LazyFrame:
+def _contributions(frame: pl.LazyFrame, origin_us: int) -> pl.LazyFrame:
+    """Each bucket's share of its series' window sums, and when it leaves the window."""
     x = (pl.col("b") - origin_us).cast(pl.Float64) / 1e6 + pl.col("toff") / pl.col("n")
     y = pl.col("s") / pl.col("n")
     return frame.select(
         *KEY,
-        k=pl.lit(sign),
-        sx=sign * x,
-        sy=sign * y,
-        sxx=sign * x * x,
-        sxy=sign * x * y,
-        syy=sign * y * y,
-        vn=sign * pl.col("n").cast(pl.Float64),
-        vs=sign * pl.col("s"),
+        expire_at=pl.col("b") + _window_us(),
+        k=pl.lit(1.0),
+        sx=x,
+        sy=y,
+        sxx=x * x,
+        sxy=x * y,
+        syy=y * y,
+        vn=pl.col("n").cast(pl.Float64),
+        vs=pl.col("s"),
     )
 
 
@@ -60,45 +62,57 @@ def _window_us() -> pl.Expr:
     return (pl.col("window_s") * 1e6).cast(pl.Int64)
 
 
-def full(buckets: pl.LazyFrame, keys: pl.LazyFrame, origin_us: int, edge_us: int) -> pl.LazyFrame:
-    """Sums from scratch over the closed buckets in each key's window [edge - window, edge)."""
-    inside = buckets.join(keys, on=["device_id", "metric"], how="inner").filter(
-        (pl.col("b") < edge_us) & (pl.col("b") >= edge_us - _window_us())
-    )
-    return _contributions(inside, origin_us, 1.0).group_by(KEY).agg(pl.col(SUMS).sum())
+class WindowSums:
+    """Running sums per (device, metric, window) over the closed buckets inside each window.
 
+    Every closed bucket's contribution is added once and kept, keyed by the time it leaves the
+    window, until then; expiring it is a subtraction of what was added, with no look-up in the
+    bucket store. Late data for an already counted bucket stays out of the sums (thresholds still
+    see it); the next rebuild (rebind, restart) counts it."""
 
-def delta(
-    between: Callable[[int, int], pl.DataFrame],
-    keys: pl.LazyFrame,
-    origin_us: int,
-    prev_edge_us: int,
-    edge_us: int,
-    window_lengths: list[float],
-) -> pl.LazyFrame:
-    """What changed between two passes: buckets closed since `prev_edge` in, buckets that slid out.
+    def __init__(self) -> None:
+        self.sums = pl.DataFrame(schema=SUMS_SCHEMA)
+        self.origin: int | None = None
+        self.edge: int | None = None
+        self._log: dict[int, list[pl.DataFrame]] = {}
 
-    `between(lo, hi)` returns the buckets with lo <= b < hi (a slice of the time-sorted store)."""
-    closed = between(prev_edge_us, edge_us).lazy().join(keys, on=["device_id", "metric"], how="inner")
-    # Per distinct window length (a handful), only the thin slice of buckets that slid out.
-    expired = [
-        between(prev_edge_us - w_us, edge_us - w_us)
-        .lazy()
-        .join(keys.filter(pl.col("window_s") == w), on=["device_id", "metric"], how="inner")
-        for w, w_us in ((w, int(w * 1e6)) for w in window_lengths)
-    ]
-    return (
-        pl.concat([_contributions(closed, origin_us, 1.0), *(_contributions(e, origin_us, -1.0) for e in expired)])
-        .group_by(KEY)
-        .agg(pl.col(SUMS).sum())
-    )
+    def _remember(self, contrib: pl.DataFrame) -> None:
+        for (expire_at,), frame in contrib.partition_by("expire_at", as_dict=True, include_key=False).items():
+            self._log.setdefault(int(expire_at), []).append(frame)
 
+    def _expire(self, edge_us: int) -> list[pl.DataFrame]:
+        due = sorted(k for k in self._log if k < edge_us)
+        return [frame for k in due for frame in self._log.pop(k)]
 
-def apply(sums: pl.DataFrame, change: pl.DataFrame) -> pl.DataFrame:
-    merged = sums.join(change, on=KEY, how="full", coalesce=True, suffix="_d")
-    return merged.select(
-        *KEY, *[(pl.col(c).fill_null(0.0) + pl.col(f"{c}_d").fill_null(0.0)).alias(c) for c in SUMS]
-    ).filter(pl.col("k") > 0.5)
+    def rebuild(self, store: pl.DataFrame, keys: pl.LazyFrame, edge_us: int) -> None:
+        """From scratch over the closed buckets in each key's window [edge - window, edge)."""
+        self.origin = edge_us
+        inside = (
+            store.lazy()
+            .join(keys, on=["device_id", "metric"], how="inner")
+            .filter((pl.col("b") < edge_us) & (pl.col("b") >= edge_us - _window_us()))
+        )
+        contrib = _contributions(inside, edge_us).collect()
+        self._log = {}
+        self._remember(contrib)
+        self.sums = contrib.group_by(KEY).agg(pl.col(SUMS).sum()).select(list(SUMS_SCHEMA))
+        self.edge = edge_us
+
+    def advance(self, closed: pl.DataFrame, keys: pl.LazyFrame, edge_us: int) -> None:
+        """Add the buckets closed since the last edge, subtract those that slid out."""
+        assert self.origin is not None
+        added = _contributions(closed.lazy().join(keys, on=["device_id", "metric"], how="inner"), self.origin).collect()
+        self._remember(added)
+        gone = self._expire(edge_us)
+        parts = [added.drop("expire_at")]
+        if gone:
+            parts.append(pl.concat(gone).select(*KEY, *[-pl.col(c) for c in SUMS]))
+        change = pl.concat(parts).group_by(KEY).agg(pl.col(SUMS).sum())
+        merged = self.sums.join(change, on=KEY, how="full", coalesce=True, suffix="_d")
+        self.sums = merged.select(
+            *KEY, *[(pl.col(c).fill_null(0.0) + pl.col(f"{c}_d").fill_null(0.0)).alias(c) for c in SUMS]
+        ).filter(pl.col("k") > 0.5)
+        self.edge = edge_us
 
 
 def relative_to_now(sums: pl.LazyFrame, origin_us: int, now_us: int) -> pl.LazyFrame:

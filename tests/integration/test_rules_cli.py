@@ -4,6 +4,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import polars as pl
 import pytest
 from typer.testing import CliRunner
 
@@ -145,6 +146,7 @@ def test_state_persists_across_a_restart(tmp_path: Path):
         runtime.load(devices)
         assert runtime.evaluate(hot(0), now=now) == []  # pending: the rule needs 30 s
         asyncio.run(runtime.persist())
+        writer.append_sync(IngestBatch(readings=hot(0)))  # stored history the restart refills windows from
     finally:
         writer.close()
     writer = StorageWriter(path)
@@ -152,6 +154,7 @@ def test_state_persists_across_a_restart(tmp_path: Path):
     try:
         runtime = RulesRuntime(writer, METRIC_UNITS)
         runtime.load(devices)
+        assert runtime.engine._buckets.filter(pl.col("metric") == "gun1_temp_c").height == 1  # window refilled
         fired = runtime.evaluate(hot(31), now=now + timedelta(seconds=31))
         assert {f.rule_id for f in fired} >= {"dc_gun_overtemp_warning", "dc_gun_overtemp_critical"}
         asyncio.run(runtime.persist())
@@ -165,5 +168,50 @@ def test_state_persists_across_a_restart(tmp_path: Path):
         assert problems and "nope_c" in problems[0]
         assert "dc_gun_overtemp_warning" in runtime.engine.rules
         assert runtime.engine.firing().height >= 2
+    finally:
+        writer.close()
+
+
+def test_http_status_and_reload(tmp_path: Path):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from gridsentry.api_rules import rules_router
+
+    writer = StorageWriter(tmp_path / "api.duckdb")
+    writer.start()
+    try:
+        runtime = RulesRuntime(writer, METRIC_UNITS)
+        runtime.load({"DC01": DeviceInfo("DC01", "demo", "charger_dc", interval_s=10)})
+        now = datetime.now(UTC)
+        for seconds in (0, 40):
+            at = now + timedelta(seconds=seconds)
+            hot = readings_from_columns([int(at.timestamp() * 1e6)], ["DC01"], ["gun1_temp_c"], [99.0])
+            runtime.evaluate(hot, now=at)
+
+        class FakeService:
+            rules_runtime = runtime
+
+            @property
+            def engine(self):
+                return runtime.engine
+
+        app = FastAPI()
+        app.include_router(rules_router(FakeService()))  # type: ignore[arg-type]
+        client = TestClient(app)
+        body = client.get("/api/rules").json()
+        assert body["rules"] >= 30 and body["pack_problems"] == [] and body["failed_rules"] == {}
+        assert {(f["rule_id"], f["device_id"]) for f in body["firing"]} >= {("dc_gun_overtemp_critical", "DC01")}
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(
+            "pack: bad\nrules:\n  - id: b\n    title: B\n    kind: trend\n    metric: gun1_temp_c\n    class: II\n"
+        )
+        runtime.packs = [bad]
+        refused = client.post("/api/rules/reload").json()
+        assert refused["reloaded"] is False and "bad.yaml:3" in refused["problems"][0]
+        assert client.get("/api/rules").json()["reload_problems"] == refused["problems"]
+        runtime.packs = []
+        assert client.post("/api/rules/reload").json()["reloaded"] is True
+        assert len(client.get("/api/rules").json()["firing"]) >= 2  # state carried over the reload
     finally:
         writer.close()

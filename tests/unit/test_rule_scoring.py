@@ -72,3 +72,13 @@ def test_healthy_day_raises_no_alarm(packs):
     fired = [(f.ts.isoformat(), f.rule_id, f.device_id, f.message) for f in result.findings if f.action == "fire"]
     assert fired == []
     assert result.readings > 50_000
+
+
+def test_transformer_overload_is_detected(packs):
+    # Its own run: on TX01 of the main run it would mix with the cooling-loss fault.
+    transformer = [d for d in demo_fleet(interval_s=30) if d.kind == "box_transformer"]
+    fault = FaultSpec("transformer_overload", "TX01", 1800, {"extra_kva": 600})
+    result = run_scenario(demo_site(), transformer, packs, start=START, hours=2.75, faults=[fault], physics_step_s=10)
+    [s] = score(result)
+    assert s.detected_by in DETECTED_BY["transformer_overload"]
+    assert s.delay_s is not None and s.delay_s <= 2 * 3600 + 300  # T5: K > 1.0 for 2 h
