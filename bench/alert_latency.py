@@ -275,7 +275,9 @@ async def gridsentry(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     try:
         pack = tmp / "probe.yaml"
         pack.write_text(PROBE_PACK)
-        cfg = Config(data_dir=tmp / "gridsentry", log_level="WARNING", rules=RulesConfig(packs=[pack]))
+        cfg = Config(
+            data_dir=tmp / "gridsentry", log_level="WARNING", rules=RulesConfig(packs=[pack], tick_ms=args.tick_ms)
+        )
         cfg.mqtt.port = broker.port
         cfg.mqtt.client_id = "alert-latency-collector"
         cfg.http.port = 0
@@ -384,7 +386,8 @@ def report(args: argparse.Namespace, base: dict[str, Any] | None, gs: dict[str, 
     print(
         f"GridSentry reading-to-alert latency: {gs['probes']} probes, each one hot reading (gun1_temp_c > 90 °C, "
         f"class I) among {gs['background_offered_readings_per_s']:,} readings/s of background load over "
-        f"{args.devices} DC chargers; baseline Prometheus (1 s scrape and evaluation) + Alertmanager, no load"
+        f"{args.devices} DC chargers, rules.tick_ms {args.tick_ms}; baseline Prometheus (1 s scrape and evaluation) "
+        "+ Alertmanager, no load"
     )
     print(f"machine: {m['nproc']} CPUs ({m['cpu_model']}); python {v['python']}, duckdb {v.get('duckdb')}")
     print()
@@ -434,6 +437,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--baseline-probes", type=int, default=15, help="Prometheus + Alertmanager probes (default 15; 0: skip)"
     )
     p.add_argument("--probe-every", type=float, default=0.7, help="pause after each probe's alert (default 0.7 s)")
+    p.add_argument(
+        "--tick-ms", type=int, default=RulesConfig().tick_ms, help="rules.tick_ms (default: the shipped default)"
+    )
     p.add_argument("--rate", type=int, default=1000, help="background messages/s (default 1,000)")
     p.add_argument("--readings-per-message", type=int, default=50, help="readings per message (default 50)")
     p.add_argument("--devices", type=int, default=200, help="background devices (default 200)")
