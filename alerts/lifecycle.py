@@ -189,35 +189,50 @@ class AlertLifecycle:
         if suppressed is None and caused_by:
             suppressed = f"caused by {caused_by}"
         state = "pending" if self.cfg.hold > 0 and suppressed is None else "firing"
+        # A firing alert gets its whole schedule in the INSERT itself: the hot path is a handful of statements.
+        d = (
+            self.deadlines(f.event_class, now, f.device_id, f.site)
+            if state == "firing" and suppressed is None
+            else None
+        )
+        alert: dict[str, Any] = {
+            "fingerprint": f.fingerprint,
+            "rule_id": f.rule_id,
+            "device_id": f.device_id,
+            "site": f.site,
+            "event_class": f.event_class,
+            "state": state,
+            "title": f.title,
+            "message": f.message,
+            "metric": f.metric,
+            "value": f.value,
+            "threshold": f.threshold,
+            "unit": f.unit,
+            "runbook": f.runbook,
+            "fired_at": f.ts,
+            "created_at": now,
+            "updated_at": now,
+            "last_value_at": f.ts,
+            "policy": self.policy.name,
+            "suppressed": suppressed,
+            "forecast": _forecast(f),
+            "ack_due": d.ack_due if d else None,
+            "onsite_due": d.onsite_due if d else None,
+            "restore_due": d.restore_due if d else None,
+            "ack_warn_at": d.warn_at["ack"] if d else None,
+            "onsite_warn_at": d.warn_at["onsite"] if d else None,
+            "restore_warn_at": d.warn_at["restore"] if d else None,
+            "escalate_at": list(d.escalate_at) if d else None,
+            "escalation_level": self._level_due(d, now) if d else 0,
+            "sla_marks": [] if d else None,
+        }
+        cols = ", ".join(alert)
         new = con.execute(
-            "INSERT INTO alerts (fingerprint, rule_id, device_id, site, event_class, state, title, message, "
-            "metric, value, threshold, unit, runbook, fired_at, created_at, updated_at, last_value_at, policy, "
-            "suppressed, forecast) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING alert_id",
-            [
-                f.fingerprint,
-                f.rule_id,
-                f.device_id,
-                f.site,
-                f.event_class,
-                state,
-                f.title,
-                f.message,
-                f.metric,
-                f.value,
-                f.threshold,
-                f.unit,
-                f.runbook,
-                f.ts,
-                now,
-                now,
-                f.ts,
-                self.policy.name,
-                suppressed,
-                _forecast(f),
-            ],
+            f"INSERT INTO alerts ({cols}) VALUES ({', '.join('?' * len(alert))}) RETURNING alert_id",
+            list(alert.values()),
         ).fetchone()
         assert new is not None
-        alert_id = int(new[0])
+        alert_id = alert["alert_id"] = int(new[0])
         if suppressed is not None:
             _event(con, alert_id, now, "suppressed", SYSTEM_ACTOR, f"{f.message} (not paged: {suppressed})")
             return alert_id, "suppressed", 0
@@ -225,7 +240,7 @@ class AlertLifecycle:
             _event(con, alert_id, now, "pending", SYSTEM_ACTOR, f.message)
             return alert_id, "pending", 0
         _event(con, alert_id, now, "fired", SYSTEM_ACTOR, f.message)
-        return alert_id, "fired", self._start_clocks(con, alert_id, f.device_id, f.site, f.event_class, now)
+        return alert_id, "fired", self._notify(con, alert, "fired", now, self._paged_so_far(alert, now), None)
 
     def _start_clocks(
         self, con: duckdb.DuckDBPyConnection, alert_id: int, device_id: str, site: str | None, cls: str, now: datetime
@@ -605,6 +620,17 @@ class AlertLifecycle:
         self._after(queued)
         return queued
 
+    def open_fingerprints(self) -> list[str]:
+        """Fingerprints of open alerts: what a restarted rule engine should treat as already firing."""
+        con = self._writer.reader()
+        try:
+            rows = con.execute(
+                "SELECT DISTINCT fingerprint FROM alerts WHERE state IN ('pending', 'firing', 'acknowledged')"
+            ).fetchall()
+        finally:
+            con.close()
+        return [str(r[0]) for r in rows]
+
     def sync_maintenance(self, con: duckdb.DuckDBPyConnection) -> None:
         """Mirror the configured maintenance windows into their table (for SQL and reports)."""
         con.execute("DELETE FROM maintenance_windows")
@@ -625,13 +651,18 @@ def enqueue(
     now: datetime,
 ) -> int:
     """Outbox rows for one message, one per target (channel, recipient); they share the idempotency key."""
+    if not targets:
+        return 0
     body = orjson.dumps(payload).decode()
+    values = ", ".join(["(nextval('notification_id_seq'), ?, ?, ?, ?, ?, ?, ?, ?)"] * len(targets))
+    params: list[Any] = []
     for channel, recipient in targets:
-        con.execute(
-            "INSERT INTO notifications (notification_id, alert_id, channel, recipient, payload, created_at, "
-            "next_try_at, kind, idempotency_key) VALUES (nextval('notification_id_seq'), ?, ?, ?, ?, ?, ?, ?, ?)",
-            [alert_id, channel, recipient, body, now, now, kind, key],
-        )
+        params += [alert_id, channel, recipient, body, now, now, kind, key]
+    con.execute(
+        "INSERT INTO notifications (notification_id, alert_id, channel, recipient, payload, created_at, "
+        f"next_try_at, kind, idempotency_key) VALUES {values}",
+        params,
+    )
     return len(targets)
 
 

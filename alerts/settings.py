@@ -11,7 +11,16 @@ from datetime import date, datetime, time, timedelta
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from rules.model import parse_duration
 
@@ -217,11 +226,11 @@ class SlaConfig(_Model):
 
 class AlertsConfig(_Model):
     sla: SlaConfig = Field(default_factory=SlaConfig, description="Deadlines per event class and standby hours.")
-    maintenance: list[MaintenanceWindowConfig] = Field(
-        default_factory=list, description="Planned maintenance windows: alerts for these devices are suppressed."
-    )
     maintenance_notice: Seconds = Field(
         3 * 86400.0, ge=0, description="Windows announced less than this ahead are refused (contract: 3 days)."
+    )
+    maintenance: list[MaintenanceWindowConfig] = Field(
+        default_factory=list, description="Planned maintenance windows: alerts for these devices are suppressed."
     )
     escalation: list[EscalationLevelConfig] = Field(
         default_factory=list,
@@ -268,8 +277,15 @@ class AlertsConfig(_Model):
         afters = [lvl.after for lvl in self.escalation]
         if afters != sorted(afters):
             raise ValueError("escalation levels must be listed in order of their 'after' delay")
-        notice = timedelta(seconds=self.maintenance_notice)
-        for w in self.maintenance:
+        return self
+
+    @field_validator("maintenance")
+    @classmethod
+    def _announced_in_time(
+        cls, windows: list[MaintenanceWindowConfig], info: ValidationInfo
+    ) -> list[MaintenanceWindowConfig]:
+        notice = timedelta(seconds=info.data.get("maintenance_notice", 3 * 86400.0))
+        for w in windows:
             ahead = w.start - w.announced_at
             if ahead < notice:
                 raise ValueError(
@@ -277,7 +293,7 @@ class AlertsConfig(_Model):
                     f"{_human(ahead)} ahead; the contract needs {_human(notice)} (alerts.maintenance_notice). "
                     "Move the window or announce it earlier"
                 )
-        return self
+        return windows
 
 
 PRESET_NAMES = ("standard-table-1", "bid-tiers")

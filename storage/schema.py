@@ -337,7 +337,8 @@ MIGRATIONS: tuple[Migration, ...] = (
         ALTER TABLE alerts ADD COLUMN restore_warn_at TIMESTAMPTZ;
         ALTER TABLE alerts ADD COLUMN escalate_at TIMESTAMPTZ[];
         ALTER TABLE alerts ADD COLUMN escalation_level INTEGER DEFAULT 0;
-        ALTER TABLE alerts ADD COLUMN sla_marks VARCHAR[] DEFAULT [];   -- warn:ack, breach:restore...
+        -- No DEFAULT []: DuckDB 1.5 cannot replay such an ALTER from the WAL after a crash (null = none yet).
+        ALTER TABLE alerts ADD COLUMN sla_marks VARCHAR[];              -- warn:ack, breach:restore...
         ALTER TABLE alerts ADD COLUMN onsite_at TIMESTAMPTZ;
         ALTER TABLE alerts ADD COLUMN onsite_by VARCHAR;
         ALTER TABLE alerts ADD COLUMN flap_count INTEGER DEFAULT 0;

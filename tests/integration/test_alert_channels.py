@@ -102,12 +102,17 @@ async def test_email_via_apprise_and_signed_webhook(tmp_path: Path) -> None:
     cfg = people_config(
         {"li.wei": [f"json://127.0.0.1:{dead_port}/push", smtp.contact("li.wei@example.com")]},
         webhooks=[{"name": "noc", "url": f"{sink.url}/hook", "secret": SECRET.decode()}],
+        heartbeat_every=0.5,
     )
     try:
         async with running_stage(tmp_path, cfg) as stage:
             await stage.lifecycle.apply([finding()])
             await until(lambda: len(smtp.mailbox.messages) >= 1, what="the e-mail")
-            await until(lambda: len(sink.accepted("/hook")) >= 1, what="the webhook")
+            await until(lambda: any(r.body["kind"] == "fired" for r in sink.accepted("/hook")), what="the webhook")
+            await until(
+                lambda: sum(r.body["kind"] == "heartbeat" for r in sink.accepted("/hook")) >= 2,
+                what="dead-man heartbeats through the outbox",
+            )
             await until(lambda: stage.worker.fallbacks == 1, what="the fallback to e-mail")
             con = stage.writer.reader()
             rows = con.execute(
@@ -131,7 +136,7 @@ async def test_email_via_apprise_and_signed_webhook(tmp_path: Path) -> None:
     for expected in ("93.4 °C", "limit 90.0 °C", "Deadlines (Asia/Shanghai): ack", "https://noc.example.com/alerts/1"):
         assert expected in text, (expected, text)
 
-    hook = sink.accepted("/hook")[0]
+    hook = next(r for r in sink.accepted("/hook") if r.body["kind"] == "fired")
     assert hook.signature_ok is True
     assert hook.headers["idempotency-key"] == hook.body["idempotency_key"]
     assert hook.body["kind"] == "fired" and hook.body["device_id"] == "DC02" and hook.body["event_class"] == "I"

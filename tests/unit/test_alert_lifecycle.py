@@ -291,6 +291,7 @@ async def test_state_survives_a_restart(tmp_path: Path) -> None:
     try:
         lc = AlertLifecycle(w2, config(), clock=clock)
         assert [c.action for c in await lc.apply([finding()])] == ["refired"]
+        assert lc.open_fingerprints() == ["dc.gun_temp_high|DC02|gun1_temp_c"]
         await lc.acknowledge(1, "li.wei")
         assert q(w2, "SELECT state FROM alerts")[0][0] == "acknowledged"
         assert q(w2, "SELECT count(*) FROM notifications WHERE status = 'pending'")[0][0] == 4  # fired + ack, 2 each

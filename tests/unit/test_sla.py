@@ -207,3 +207,34 @@ def test_rota_errors_name_what_is_wrong() -> None:
 
 def test_yaml_reads_an_unquoted_time_as_base_60() -> None:
     assert StandbyConfig.model_validate({"start": 600}).start == "10:00"
+
+
+def test_config_file_errors_name_the_line(tmp_path) -> None:
+    from gridsentry.config import ConfigError, load_config
+
+    f = tmp_path / "gridsentry.yaml"
+    f.write_text(
+        "alerts:\n"
+        "  maintenance:\n"
+        "    - id: CHG-9\n"
+        "      start: 2026-12-01T09:00:00+08:00\n"
+        "      end: 2026-12-01T12:00:00+08:00\n"
+        "      announced_at: 2026-11-30T20:00:00+08:00\n"
+        "      devices: [TX01]\n"
+        "  escalation:\n"
+        "    - {name: first, rota: engineers, after: 5 minutes}\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(f)
+    text = str(err.value)
+    assert "line 9: alerts.escalation[0].after" in text and "write e.g. 30s, 5m" in text
+    f.write_text(
+        f.read_text()
+        .replace("    - {name: first, rota: engineers, after: 5 minutes}\n", "  - []\n")
+        .replace("  escalation:\n  - []\n", "")
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(f)
+    text = str(err.value)
+    assert "line 2: alerts.maintenance" in text, text
+    assert "'CHG-9'" in text and "announced only 13.0 h ahead" in text and "needs 3.0 days" in text
