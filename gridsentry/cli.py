@@ -27,6 +27,7 @@ from rich.table import Table
 from gridsentry import __version__
 from gridsentry.auth import hash_token, new_token, read_local_token
 from gridsentry.config import Config, ConfigError, example_yaml, load_config
+from gridsentry.screens.cli import screens_app
 from gridsentry.service import RUNTIME_FILE, Service
 from storage.sql import QueryRejectedError, QueryResult, QueryTimeoutError, run_read_query
 
@@ -183,6 +184,7 @@ def _banner(run_: Any, startup_s: float) -> None:
         *[(f"Token: {role}", token) for role, token in run_.tokens.items()],
         ("Devices", f"{url}/api/devices"),
         ("Alerts", f"{url}/api/alerts"),
+        ("Wall screen", f"{url}/  (open alerts with SLA countdowns, fleet tiles, power; no token needed in the demo)"),
         ("Metrics", f"{url}/metrics"),
         ("Health", f"{url}/healthz  {url}/readyz"),
         ("", ""),
@@ -348,6 +350,7 @@ def config_example() -> None:
 # --- tokens ------------------------------------------------------------------------------------------
 token_app = typer.Typer(help="API tokens: create them for people and systems.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
+app.add_typer(screens_app, name="screens")
 
 
 class RoleChoice(StrEnum):
