@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_ARGS ?=
 
-.PHONY: demo test install lint typecheck security pytest system-deps clean bench
+.PHONY: demo test install lint typecheck security pytest system-deps clean bench dashboards dashboards-check metrics-doc
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,7 +37,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy collector storage rules alerts gridsentry simulator
+	$(BIN)/mypy collector storage rules alerts gridsentry simulator dashboards
 
 # bandit (waivers with reasons in pyproject's [tool.bandit]) and pip-audit (waivers in .ci/audit-waivers.txt).
 security: $(STAMP)
@@ -51,6 +51,16 @@ test: system-deps lint typecheck security pytest
 
 bench: $(STAMP) system-deps
 	$(BIN)/python bench/ingest.py
+
+# Grafana dashboards as code (dashboards/generate.py) -> dashboards/json/, and the metric catalogue docs/metrics.md.
+dashboards: $(STAMP)
+	$(BIN)/python -m dashboards.generate
+
+dashboards-check: $(STAMP)
+	$(BIN)/python -m dashboards.generate --check
+
+metrics-doc: $(STAMP)
+	$(BIN)/gridsentry screens metrics-doc > docs/metrics.md
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info

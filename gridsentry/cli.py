@@ -33,6 +33,7 @@ from gridsentry.cli_alerts import alerts_app, oncall_app, sla_app
 from gridsentry.cli_db import db_app
 from gridsentry.cli_rules import rules_app
 from gridsentry.config import Config, ConfigError, example_yaml, load_config
+from gridsentry.screens.cli import screens_app
 from gridsentry.service import RUNTIME_FILE, Service
 from storage.sql import (
     QueryRejectedError,
@@ -204,6 +205,7 @@ def _banner(run_: Any, startup_s: float) -> None:
         *[(f"Token: {role}", token) for role, token in run_.tokens.items()],
         ("Devices", f"{url}/api/devices"),
         ("Alerts", f"{url}/api/alerts"),
+        ("Wall screen", f"{url}/  (open alerts with SLA countdowns, fleet tiles, power; no token needed in the demo)"),
         ("Metrics", f"{url}/metrics"),
         ("Health", f"{url}/healthz  {url}/readyz"),
         ("", ""),
@@ -487,6 +489,7 @@ def config_example() -> None:
 # --- tokens ------------------------------------------------------------------------------------------
 token_app = typer.Typer(help="API tokens: create them for people and systems.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
+app.add_typer(screens_app, name="screens")
 
 
 class RoleChoice(StrEnum):

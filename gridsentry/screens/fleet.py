@@ -72,11 +72,11 @@ class ScreensView:
         self._devices = (known_count, frame)
         return frame
 
-    def open_alerts_detail(self) -> pl.DataFrame:
-        """Open alerts with their deadlines; read at most once a second whoever asks (scrape, wall)."""
+    def open_alerts_detail(self, max_age_s: float = _ALERTS_CACHE_S) -> pl.DataFrame:
+        """Open alerts with their deadlines; scrapes share one read per second, the wall asks for a fresh one."""
         with self._alerts_lock:
             now = time.monotonic()
-            if self._alerts is not None and now - self._alerts[0] < _ALERTS_CACHE_S:
+            if self._alerts is not None and now - self._alerts[0] < max_age_s:
                 return self._alerts[1]
             con = self._service.writer.reader()
             try:
@@ -89,9 +89,9 @@ class ScreensView:
             self._alerts = (now, frame)
             return frame
 
-    def state(self) -> FleetState:
+    def state(self, alerts_max_age_s: float = _ALERTS_CACHE_S) -> FleetState:
         try:
-            detail = self.open_alerts_detail()
+            detail = self.open_alerts_detail(alerts_max_age_s)
             open_alerts = detail.group_by("device_id", "event_class").agg(pl.len().cast(pl.Int64).alias("n"))
         except Exception as exc:  # the fleet families still render without alert states
             log.warning("open alerts are left out of the fleet state: %s", exc)
@@ -125,7 +125,8 @@ class ScreensView:
     # --- the wall ----------------------------------------------------------------------------------------------
     def wall_fleet(self) -> dict[str, Any]:
         """Device tiles by state, counts per site and the key power figures, for the wall screen."""
-        state = self.state()
+        # Fresh alerts: the page shows the alert rows it read just before, and the counts must not lag them.
+        state = self.state(alerts_max_age_s=0.0)
         devices = exposition.device_table(state)
         worst = (
             state.open_alerts.with_columns(

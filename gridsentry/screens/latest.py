@@ -1,9 +1,9 @@
 """The latest reading per (device, metric), fed with committed batches and read by /metrics and the wall.
 
 `update` runs on the event loop after every commit, so it only appends the batch (no per-reading work).
-Pending batches are folded into one Polars frame when somebody reads (a scrape, the wall screen) or when
-they pile up, so the cost of keeping the state follows the scrape rate, not the ingest rate; Polars does
-the folding without holding the GIL, so ingest keeps running meanwhile.
+Pending batches are folded into one Polars frame when somebody reads (a scrape, the wall screen), or on a
+background thread when they pile up between reads, so the event loop never folds; Polars does the folding
+without holding the GIL, so ingest keeps running meanwhile.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ class LatestValues:
         self._frame = pl.DataFrame(schema=LATEST_SCHEMA)
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
+        self._folding = False
         self.version = 0
 
     def update(self, readings: pa.Table) -> None:
@@ -45,9 +46,18 @@ class LatestValues:
             self._pending.append(readings.select(_COLUMNS))
             self._pending_rows += readings.num_rows
             self.version += 1
-            fold_now = self._pending_rows >= self._fold_after_rows
+            fold_now = self._pending_rows >= self._fold_after_rows and not self._folding
+            if fold_now:
+                self._folding = True
         if fold_now:
+            threading.Thread(target=self._background_fold, name="latest-values-fold", daemon=True).start()
+
+    def _background_fold(self) -> None:
+        try:
             self.snapshot()
+        finally:
+            with self._lock:
+                self._folding = False
 
     def snapshot(self) -> pl.DataFrame:
         """The current state: one row per (device_id, metric)."""

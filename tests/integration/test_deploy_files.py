@@ -516,12 +516,16 @@ def test_prometheus_config() -> None:
     assert job.get("scrape_interval", cfg["global"]["scrape_interval"]) == "15s"
     alertmanagers = [t for am in cfg["alerting"]["alertmanagers"] for sc in am["static_configs"] for t in sc["targets"]]
     assert alertmanagers == ["alertmanager:9093"]
-    assert not cfg.get("rule_files")
+    # The dashboards' recording rules, beside this file (promtool above loads and checks them too).
+    assert cfg["rule_files"] == ["prometheus-rules.yml"]
 
 
 def test_prometheus_and_alertmanager_match_compose(compose: dict[str, Any]) -> None:
     services = compose["services"]
     assert _mount_target(compose, "prometheus", PROMETHEUS_YML) == "/etc/prometheus/prometheus.yml"
+    assert (
+        _mount_target(compose, "prometheus", DEPLOY / "prometheus-rules.yml") == "/etc/prometheus/prometheus-rules.yml"
+    )
     assert _mount_target(compose, "alertmanager", ALERTMANAGER_YML) == "/etc/alertmanager/alertmanager.yml"
     assert 8080 in _container_ports(services["gridsentry"])
     assert 9093 in _container_ports(services["alertmanager"])
