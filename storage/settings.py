@@ -40,7 +40,7 @@ class SqlConfig(_Model):
     max_rows: int = Field(100_000, ge=1, le=10_000_000, description="Most rows one query returns.")
     concurrent: int = Field(2, ge=1, le=16, description="Engineers' queries run at once; more wait their turn.")
     nice: int = Field(
-        10,
+        19,
         ge=0,
         le=19,
         description="Scheduling niceness of the threads running engineers' queries, so ingest keeps the CPU first.",
