@@ -9,6 +9,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from storage.lake import LakeConfig
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -78,6 +80,10 @@ class HistoryConfig(_Model):
     retention: RetentionConfig = Field(default_factory=RetentionConfig, description="How long each table keeps data.")
     sql: SqlConfig = Field(default_factory=SqlConfig, description="Limits on engineers' SQL.")
     backup: BackupConfig = Field(default_factory=BackupConfig, description="Backup location and schedule.")
+    lake: LakeConfig = Field(
+        default_factory=LakeConfig,
+        description="Ship readings and alerts to a shared DuckLake (PostgreSQL catalog) for fleet-wide SQL.",
+    )
 
     def archive_path(self, data_dir: Path) -> Path:
         return (self.archive_dir if self.archive_dir.is_absolute() else data_dir / self.archive_dir).resolve()
