@@ -32,6 +32,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -51,7 +52,7 @@ def generate(con: duckdb.DuckDBPyConnection, devices: int, days: int, interval_s
     start = end - timedelta(seconds=steps * interval_s)
     con.execute(
         f"""
-        CREATE TEMP TABLE gen AS
+        CREATE TABLE gen AS
         WITH base AS (
             SELECT s, d,
                    '{start.isoformat()}'::TIMESTAMPTZ + to_seconds(s * {interval_s}) AS ts,
@@ -68,27 +69,24 @@ def generate(con: duckdb.DuckDBPyConnection, devices: int, days: int, interval_s
     return int(con.execute("SELECT count(*) FROM gen").fetchone()[0])  # type: ignore[index]
 
 
-def ingest_hot(con: duckdb.DuckDBPyConnection, batch_minutes: int) -> float:
+def ingest_hot(con: duckdb.DuckDBPyConnection, rows_per_batch: int) -> float:
     """Insert time-ordered batches the way the writer commits flushes; returns seconds."""
-    lo, hi = con.execute("SELECT min(ts), max(ts) FROM gen").fetchone()  # type: ignore[misc]
+    source = con.cursor()
+    reader = source.execute(
+        "SELECT ts, device_id, metric, value, quality FROM gen ORDER BY ts, device_id"
+    ).to_arrow_reader(rows_per_batch)
     t0 = time.perf_counter()
-    t = lo
-    while t <= hi:
-        nxt = t + timedelta(minutes=batch_minutes)
-        batch = con.execute(
-            "SELECT ts, device_id, metric, value, quality FROM gen WHERE ts >= ? AND ts < ? ORDER BY ts, device_id",
-            [t, nxt],
-        ).to_arrow_table()
+    for batch in reader:
         con.execute("BEGIN TRANSACTION")
         con.register("_b", batch)
         con.execute("INSERT INTO readings SELECT * FROM _b")
         con.unregister("_b")
-        rollup.record_batch(con, batch)
+        rollup.record_batch(con, pa.Table.from_batches([batch]))
         con.execute("COMMIT")
-        t = nxt
     con.execute("BEGIN TRANSACTION")
     rollup.fold_pending(con)
     con.execute("COMMIT")
+    source.close()
     return time.perf_counter() - t0
 
 
@@ -170,7 +168,7 @@ def main() -> int:
         con = open_database(db, memory_limit="2GB")
         n = generate(con, args.devices, args.days, args.interval_s, end)
         print(f"{n:,} readings: {args.devices} devices x {args.days} days, one every {args.interval_s} s")
-        ingest_s = ingest_hot(con, args.batch_minutes)
+        ingest_s = ingest_hot(con, max(1, args.devices * args.batch_minutes * 60 // args.interval_s))
         hot_bytes = hot_table_bytes(con, work)
 
         # Archive every day (the hot window is 0 here: everything is history).
