@@ -18,6 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector
 
 from gridsentry import __version__
+from gridsentry.history_metrics import history_metrics
 
 if TYPE_CHECKING:
     from gridsentry.service import Service
@@ -83,6 +84,7 @@ class ServiceCollector(Collector):
         c = CounterMetricFamily("gridsentry_storage_commit_failures", "Write transactions rolled back", labels=[])
         c.add_metric([], w.commit_failures)
         yield c
+        yield from history_metrics(s)
 
         e = s.engine
         yield GaugeMetricFamily("gridsentry_rules_loaded", "Enabled rules loaded from packs", value=len(e.rules))
