@@ -170,11 +170,10 @@ def check_cmd(
             raise _fail(f"no database at {db}; pass --data-dir or --config")
         con = duckdb.connect(str(db), read_only=True)
         try:
-            con.execute("BEGIN TRANSACTION")
-            # The archive may have moved with its data directory (a copied or restored backup).
-            con.execute("SET search_path = 'temp,main'")
-            con.execute(archive.view_sql(con, cfg.history.archive_path(cfg.data_dir)).replace("VIEW", "TEMP VIEW", 1))
-            report = backup.check(con, cfg.history.archive_path(cfg.data_dir))
+            # The archive may have moved with its data directory (a copied or restored backup): read it where it is.
+            sql = archive.view_sql(con, cfg.history.archive_path(cfg.data_dir))
+            con.execute(sql.replace("CREATE OR REPLACE VIEW readings_archive", "CREATE TEMP VIEW gs_check_archive", 1))
+            report = backup.check(con, cfg.history.archive_path(cfg.data_dir), archive_view="gs_check_archive")
         except duckdb.Error as exc:
             raise _fail(f"{db} cannot be checked: {exc}", 1) from exc
         finally:
