@@ -168,7 +168,9 @@ class HistoryJobs:
 
     async def _run(self, stop: asyncio.Event) -> None:
         next_fold = time.monotonic() + self.cfg.rollup_interval_s
-        next_maint = time.monotonic()  # archive and retention also run right after start-up
+        # The first archive and retention run comes one interval after start-up, not during it: a restart
+        # (after a crash, an upgrade) should be quick and must not move data the moment it comes back.
+        next_maint = time.monotonic() + self.cfg.maintenance_interval_s
         next_full, next_incr = self._backup_schedule()
         while not stop.is_set():
             now = time.monotonic()

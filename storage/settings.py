@@ -75,7 +75,7 @@ class HistoryConfig(_Model):
         10.0, gt=0, le=3600, description="How often committed readings are folded into rollup_1m and rollup_1h."
     )
     maintenance_interval_s: float = Field(
-        3600.0, gt=0, description="How often archiving and retention run (they also run at start-up)."
+        3600.0, gt=0, description="How often archiving and retention run (first one interval after start-up)."
     )
     retention: RetentionConfig = Field(default_factory=RetentionConfig, description="How long each table keeps data.")
     sql: SqlConfig = Field(default_factory=SqlConfig, description="Limits on engineers' SQL.")
