@@ -38,7 +38,7 @@ def cookbook() -> list[tuple[str, str, str]]:
 def demo_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("cookbook") / "gridsentry.duckdb"
     con = open_database(path)
-    seed_demo_history(con, days=2.0, metrics=[m.model_dump() for m in metric_catalogue(Config()).values()])
+    seed_demo_history(con, days=1.0, metrics=[m.model_dump() for m in metric_catalogue(Config()).values()])
     con.close()
     return path
 
@@ -67,7 +67,7 @@ def test_cookbook_query_runs_on_demo_history(demo_db: Path, number: str, title: 
 def test_seed_demo_then_sql_from_the_command_line(tmp_path: Path):
     run = [sys.executable, "-m", "gridsentry.cli"]
     seeded = subprocess.run(
-        [*run, "db", "seed-demo", "--days", "0.5", "--data-dir", str(tmp_path)], capture_output=True, text=True
+        [*run, "db", "seed-demo", "--days", "0.25", "--data-dir", str(tmp_path)], capture_output=True, text=True
     )
     assert seeded.returncode == 0, seeded.stderr
     out = subprocess.run(

@@ -223,9 +223,9 @@ async def test_s4_heavy_queries_do_not_slow_commits(tmp_path: Path):
                 queries_done += 1
 
     try:
-        await asyncio.sleep(8)  # baseline: ingest alone
+        await asyncio.sleep(6)  # baseline: ingest alone
         t_load = time.monotonic()
-        await asyncio.gather(*(engineer(t_load + 8) for _ in range(4)))
+        await asyncio.gather(*(engineer(t_load + 6) for _ in range(4)))
         t_end = time.monotonic()
     finally:
         stop.set()
