@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(BIN)/gridsentry demo $(DEMO_ARGS)
 
 # Debian packages the integration tests start for real (loopback only). Installed only as root.
-SYSTEM_PACKAGES := mosquitto mosquitto-clients docker-compose prometheus prometheus-alertmanager openssl socat chromium fonts-wqy-microhei
+SYSTEM_PACKAGES := mosquitto mosquitto-clients docker-compose prometheus prometheus-alertmanager openssl socat chromium fonts-wqy-microhei postgresql
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

@@ -100,13 +100,21 @@ def create_app(service: Service) -> FastAPI:
     @app.get("/healthz", tags=["health"], dependencies=[require("viewer", public="healthz")])
     def healthz() -> dict[str, Any]:
         """Liveness: the process answers."""
-        return {"status": "ok", "version": __version__, "uptime_s": round(service.uptime_s(), 1)}
+        # Still alive while storage fails (the collector holds and retries), but say so.
+        failing = service.writer.consecutive_failures
+        return {
+            "status": "degraded" if failing else "ok",
+            "version": __version__,
+            "uptime_s": round(service.uptime_s(), 1),
+            **({"storage_error": service.writer.last_error, "failing_writes": failing} if failing else {}),
+        }
 
     @app.get("/readyz", tags=["health"], dependencies=[require("viewer", public="healthz")])
     def readyz(response: Response) -> dict[str, Any]:
         """Readiness: storage open, rules loaded, and the MQTT broker connected (when enabled)."""
         checks = {
             "storage": service.writer.queue_depth < 10_000 and service.ready.is_set(),
+            "storage_writable": service.writer.consecutive_failures == 0,
             "mqtt": all(c.stats.connected for c in service.collectors),
             "rules": len(service.engine.rules) > 0 or not service.cfg.rules.builtin_packs,
         }

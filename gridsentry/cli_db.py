@@ -170,11 +170,10 @@ def check_cmd(
             raise _fail(f"no database at {db}; pass --data-dir or --config")
         con = duckdb.connect(str(db), read_only=True)
         try:
-            con.execute("BEGIN TRANSACTION")
-            # The archive may have moved with its data directory (a copied or restored backup).
-            con.execute("SET search_path = 'temp,main'")
-            con.execute(archive.view_sql(con, cfg.history.archive_path(cfg.data_dir)).replace("VIEW", "TEMP VIEW", 1))
-            report = backup.check(con, cfg.history.archive_path(cfg.data_dir))
+            # The archive may have moved with its data directory (a copied or restored backup): read it where it is.
+            sql = archive.view_sql(con, cfg.history.archive_path(cfg.data_dir))
+            con.execute(sql.replace("CREATE OR REPLACE VIEW readings_archive", "CREATE TEMP VIEW gs_check_archive", 1))
+            report = backup.check(con, cfg.history.archive_path(cfg.data_dir), archive_view="gs_check_archive")
         except duckdb.Error as exc:
             raise _fail(f"{db} cannot be checked: {exc}", 1) from exc
         finally:
@@ -207,3 +206,30 @@ def list_cmd(data_dir: DataDirOption = None, config: ConfigOption = None) -> Non
     for b in backup.list_backups(cfg.history.backup_path(cfg.data_dir)):
         table.add_row(b.backup_id, b.kind, b.parent_id or "", f"{b.readings:,}", f"{b.bytes / 1e6:.1f}", f"{b.seconds}")
     console.print(table)
+
+
+@db_app.command("seed-demo")
+def seed_demo_cmd(
+    days: Annotated[float, typer.Option(help="Days of history, ending now.")] = 3.0,
+    interval_s: Annotated[float, typer.Option(help="Seconds between a device's readings.")] = 60.0,
+    data_dir: DataDirOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Fill a stopped, empty data directory with the demo hub's simulated history (for the SQL cookbook)."""
+    from gridsentry.config import metric_catalogue
+    from gridsentry.demo_history import seed_demo_history
+
+    cfg = _config(config, data_dir)
+    if _running(cfg):
+        raise _fail("GridSentry is running on this data directory; seed a stopped one")
+    con = open_database(cfg.database_path)
+    try:
+        have = con.execute("SELECT count(*) FROM readings").fetchone()
+        if have and have[0]:
+            raise _fail(f"{cfg.database_path} already holds {have[0]:,} readings; seed an empty data directory")
+        n = seed_demo_history(
+            con, days=days, interval_s=interval_s, metrics=[m.model_dump() for m in metric_catalogue(cfg).values()]
+        )
+    finally:
+        con.close()
+    console.print(f"[green]{n:,} readings[/] of the demo hub over {days:g} days written to {cfg.database_path}")

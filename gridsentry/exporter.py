@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 from alerts.metrics import AlertStageCollector
 from collector.modbus.metrics import modbus_metrics
 from gridsentry import __version__
+from gridsentry.history_metrics import history_metrics
 from gridsentry.screens.alerts import alert_families
 
 if TYPE_CHECKING:
@@ -110,6 +111,7 @@ class ServiceCollector(Collector):
         c = CounterMetricFamily("gridsentry_storage_commit_failures", "Write transactions rolled back", labels=[])
         c.add_metric([], w.commit_failures)
         yield c
+        yield from history_metrics(s)
 
     def _rules(self) -> Iterator[Metric]:
         s = self.s

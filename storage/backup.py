@@ -368,7 +368,7 @@ class CheckReport:
         return not self.problems
 
 
-def check(con: duckdb.DuckDBPyConnection, archive_root: Path) -> CheckReport:
+def check(con: duckdb.DuckDBPyConnection, archive_root: Path, *, archive_view: str = "readings_archive") -> CheckReport:
     """Read every stored value once (DuckDB verifies block checksums as it reads), count the rows of each
     table, verify the archive against its manifest and list UTC days with no readings at all."""
     t0 = time.perf_counter()
@@ -387,7 +387,7 @@ def check(con: duckdb.DuckDBPyConnection, archive_root: Path) -> CheckReport:
     archived = 0
     if not any(p.startswith("archive") for p in problems):
         try:
-            row = con.execute("SELECT count(*), sum(hash(COLUMNS(*))) FROM readings_archive").fetchone()
+            row = con.execute(f"SELECT count(*), sum(hash(COLUMNS(*))) FROM {archive_view}").fetchone()
             archived = int(row[0]) if row else 0
         except duckdb.Error as exc:
             problems.append(f"the archive cannot be read in full: {exc}")

@@ -21,6 +21,7 @@ from pathlib import Path
 import duckdb
 
 from storage import archive, backup, rollup
+from storage.lake import LakeShipper
 from storage.settings import HistoryConfig
 from storage.writer import StorageWriter
 
@@ -61,6 +62,7 @@ class HistoryJobs:
         self.backup_root = cfg.backup_path(data_dir)
         self.data_dir = data_dir
         self.stats = HistoryStats()
+        self.lake: LakeShipper | None = None
 
     # --- start-up ------------------------------------------------------------------------------
     async def startup(self) -> None:
@@ -151,8 +153,24 @@ class HistoryJobs:
 
     # --- the loop ------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
+        if self.cfg.lake.enabled:
+            shipper = LakeShipper(self.writer.reader, self.cfg.lake)
+            self.lake = shipper
+            lake_task = asyncio.create_task(asyncio.to_thread(shipper.run_forever, stop.is_set), name="lake")
+        else:
+            lake_task = None
+        try:
+            await self._run(stop)
+        finally:
+            if lake_task is not None:
+                await lake_task
+                shipper.close()
+
+    async def _run(self, stop: asyncio.Event) -> None:
         next_fold = time.monotonic() + self.cfg.rollup_interval_s
-        next_maint = time.monotonic()  # archive and retention also run right after start-up
+        # The first archive and retention run comes one interval after start-up, not during it: a restart
+        # (after a crash, an upgrade) should be quick and must not move data the moment it comes back.
+        next_maint = time.monotonic() + self.cfg.maintenance_interval_s
         next_full, next_incr = self._backup_schedule()
         while not stop.is_set():
             now = time.monotonic()

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from storage.lake import LakeConfig
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -40,7 +42,7 @@ class SqlConfig(_Model):
     max_rows: int = Field(100_000, ge=1, le=10_000_000, description="Most rows one query returns.")
     concurrent: int = Field(2, ge=1, le=16, description="Engineers' queries run at once; more wait their turn.")
     nice: int = Field(
-        10,
+        19,
         ge=0,
         le=19,
         description="Scheduling niceness of the threads running engineers' queries, so ingest keeps the CPU first.",
@@ -73,11 +75,15 @@ class HistoryConfig(_Model):
         10.0, gt=0, le=3600, description="How often committed readings are folded into rollup_1m and rollup_1h."
     )
     maintenance_interval_s: float = Field(
-        3600.0, gt=0, description="How often archiving and retention run (they also run at start-up)."
+        3600.0, gt=0, description="How often archiving and retention run (first one interval after start-up)."
     )
     retention: RetentionConfig = Field(default_factory=RetentionConfig, description="How long each table keeps data.")
     sql: SqlConfig = Field(default_factory=SqlConfig, description="Limits on engineers' SQL.")
     backup: BackupConfig = Field(default_factory=BackupConfig, description="Backup location and schedule.")
+    lake: LakeConfig = Field(
+        default_factory=LakeConfig,
+        description="Ship readings and alerts to a shared DuckLake (PostgreSQL catalog) for fleet-wide SQL.",
+    )
 
     def archive_path(self, data_dir: Path) -> Path:
         return (self.archive_dir if self.archive_dir.is_absolute() else data_dir / self.archive_dir).resolve()

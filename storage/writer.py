@@ -12,11 +12,14 @@ import asyncio
 import contextlib
 import logging
 import queue
+import re
+import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -47,21 +50,81 @@ class WriterClosedError(RuntimeError):
     pass
 
 
-def open_database(path: Path, *, memory_limit: str = "512MB", threads: int = 2) -> duckdb.DuckDBPyConnection:
-    """Open (creating if needed) the database file and bring its schema up to date."""
+_CORRUPT_ENTRY = re.compile(r"entry at byte position (\d+)")
+
+
+@dataclass(frozen=True, slots=True)
+class WalQuarantine:
+    """A write-ahead log DuckDB could not replay, moved aside so the service starts instead of crash-looping."""
+
+    kept_as: Path
+    salvaged_bytes: int  # the intact prefix replayed into the database (0: none of it)
+    error: str
+
+
+def open_database(
+    path: Path, *, memory_limit: str = "512MB", threads: int = 2, quarantined: list[WalQuarantine] | None = None
+) -> duckdb.DuckDBPyConnection:
+    """Open (creating if needed) the database file and bring its schema up to date.
+
+    A WAL that fails to replay (a checksum mismatch after a torn write or a disk error) would otherwise
+    stop every start: it is copied aside as `<db>.wal.corrupt-<UTC time>`, the intact entries before the
+    damaged one are replayed, the rest is left out, and the event is logged loudly and recorded in
+    `quarantined` (shared/reliability.md §2.1). Messages not committed survive at the broker; the
+    alternative, a crash loop, loses everything that arrives while it lasts.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(
-        str(path),
-        config={
-            "memory_limit": memory_limit,
-            "threads": threads,
-            # Extensions are never fetched from the network at run time.
-            "autoinstall_known_extensions": False,
-            "autoload_known_extensions": False,
-        },
-    )
+    config: dict[str, str | bool | int | float | list[str]] = {
+        "memory_limit": memory_limit,
+        "threads": threads,
+        # Extensions are never fetched from the network at run time.
+        "autoinstall_known_extensions": False,
+        "autoload_known_extensions": False,
+    }
+    try:
+        con = duckdb.connect(str(path), config=config)
+    except duckdb.Error as exc:
+        wal = path.with_name(path.name + ".wal")
+        if "WAL" not in str(exc) or not wal.exists():
+            raise
+        q = quarantine_wal(wal, exc)
+        if quarantined is not None:
+            quarantined.append(q)
+        con = duckdb.connect(str(path), config=config)
     migrate(con)
     return con
+
+
+def is_storage_failure(exc: BaseException) -> bool:
+    """The disk or the database file failed (not a bug in one job): full disk, I/O error, failed commit."""
+    text = str(exc)
+    return isinstance(exc, OSError | duckdb.IOException | duckdb.FatalException) or any(
+        marker in text for marker in ("Failed to commit", "No space left", "File too large", "Could not write")
+    )
+
+
+def quarantine_wal(wal: Path, exc: BaseException) -> WalQuarantine:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    kept = wal.with_name(f"{wal.name}.corrupt-{stamp}")
+    shutil.copyfile(wal, kept)
+    match = _CORRUPT_ENTRY.search(str(exc))
+    keep = int(match.group(1)) if match else 0
+    if keep > 0:
+        with open(wal, "r+b") as f:
+            f.truncate(keep)
+    else:
+        wal.unlink()
+    log.critical(
+        "DATABASE WAL DAMAGED: %s could not be replayed (%s). A copy is kept as %s; %s. Check the disk, keep the copy "
+        "for analysis, and run `gridsentry db check`.",
+        wal,
+        exc,
+        kept,
+        f"the first {keep:,} bytes (every entry before the damage) were replayed"
+        if keep
+        else "none of it was replayed",
+    )
+    return WalQuarantine(kept, keep, str(exc))
 
 
 class StorageWriter:
@@ -93,6 +156,9 @@ class StorageWriter:
         # Observability for /metrics: commit latency and counts, read without locking (GIL-atomic).
         self.commits = 0
         self.commit_failures = 0
+        self.consecutive_failures = 0  # write transactions failed since the last commit (disk full, I/O errors)
+        self.last_error: str | None = None
+        self.wal_quarantines: list[WalQuarantine] = []
         self.last_commit_seconds = 0.0
         self.readings_committed = 0
         self.on_commit: Callable[[CommitResult], None] | None = None
@@ -162,7 +228,9 @@ class StorageWriter:
     # --- the thread ------------------------------------------------------------------------
     def _run(self) -> None:
         try:
-            self._con = open_database(self.path, memory_limit=self._memory_limit, threads=self._threads)
+            self._con = open_database(
+                self.path, memory_limit=self._memory_limit, threads=self._threads, quarantined=self.wal_quarantines
+            )
         except BaseException as exc:
             self._start_error = exc
             self._started.set()
@@ -195,6 +263,9 @@ class StorageWriter:
             except BaseException as exc:
                 self._after_commit.clear()
                 self.commit_failures += 1
+                if is_storage_failure(exc):
+                    self.consecutive_failures += 1
+                    self.last_error = str(exc)
                 # A failed COMMIT has already ended the transaction; ROLLBACK then fails harmlessly.
                 with contextlib.suppress(duckdb.Error):
                     con.execute("ROLLBACK")
@@ -206,6 +277,7 @@ class StorageWriter:
             self._after_commit.clear()
             dt = time.perf_counter() - t0
             self.commits += 1
+            self.consecutive_failures = 0
             self.last_commit_seconds = dt
             if isinstance(result, CommitResult):
                 result = CommitResult(result.readings, result.events, result.dead_letters, dt, result.duplicates)

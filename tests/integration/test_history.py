@@ -229,3 +229,45 @@ def test_check_reads_everything_and_flags_a_missing_archive_file(setup):
     finally:
         con.close()
     assert not report.ok and "missing" in report.problems[0]
+
+
+async def test_db_commands_go_through_the_running_service(tmp_path):
+    """`gridsentry db backup/check` ask the running service (its file is locked); restore refuses to run."""
+    import subprocess
+    import sys
+
+    from gridsentry.config import Config
+    from gridsentry.service import Service
+
+    cfg = Config(data_dir=tmp_path / "data")
+    cfg.http.port = 0
+    cfg.mqtt.enabled = False
+    cfg.rules.builtin_packs = False
+    service = Service(cfg)
+    await service.start()
+    try:
+        await service.writer.append(batch(readings(datetime.now(UTC) - timedelta(hours=2), 30)))
+        run = [sys.executable, "-m", "gridsentry.cli", "db"]
+        args = ["--data-dir", str(cfg.data_dir)]
+        b = await asyncio.to_thread(subprocess.run, [*run, "backup", *args], capture_output=True, text=True)
+        assert b.returncode == 0, b.stderr
+        assert "full backup" in b.stdout and "180 readings" in b.stdout
+        c = await asyncio.to_thread(subprocess.run, [*run, "check", "--json", *args], capture_output=True, text=True)
+        assert c.returncode == 0, c.stderr
+        assert '"ok": true' in c.stdout
+        backup_dir = next(service.history.backup_root.iterdir())
+        r = await asyncio.to_thread(
+            subprocess.run, [*run, "restore", str(backup_dir), *args], capture_output=True, text=True
+        )
+        assert r.returncode == 2 and "stop it before restoring" in r.stderr
+    finally:
+        await service.stop()
+    # Stopped: the same commands work on the file.
+    c = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "gridsentry.cli", "db", "check", "--data-dir", str(cfg.data_dir)],
+        capture_output=True,
+        text=True,
+    )
+    assert c.returncode == 0, c.stderr
+    assert "ok" in c.stdout
