@@ -111,7 +111,7 @@ class ServiceCollector(Collector):
         c = CounterMetricFamily("gridsentry_storage_commit_failures", "Write transactions rolled back", labels=[])
         c.add_metric([], w.commit_failures)
         yield c
-        yield from history_metrics(s)
+        yield from history_metrics(self.s)
 
     def _rules(self) -> Iterator[Metric]:
         s = self.s
