@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import duckdb
-from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -40,6 +40,13 @@ def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = N
     cur = con.execute(sql, params or [])
     cols = [d[0] for d in cur.description or []]
     return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+
+def add_routes(app: FastAPI, router: APIRouter) -> None:
+    """Add a stage's routes one by one: FastAPI's include_router wraps them in an object that hides each
+    APIRoute (and its role guard) from the route list, which the guard test walks. An APIRouter already
+    applied its prefix and dependencies when each route was declared."""
+    app.router.routes.extend(router.routes)
 
 
 def create_app(service: Service) -> FastAPI:
@@ -87,7 +94,7 @@ def create_app(service: Service) -> FastAPI:
         """The OpenAPI schema of this API."""
         return app.openapi()
 
-    app.include_router(rules_router(service))
+    add_routes(app, rules_router(service))
 
     def reader() -> duckdb.DuckDBPyConnection:
         try:
@@ -95,7 +102,7 @@ def create_app(service: Service) -> FastAPI:
         except RuntimeError as exc:
             raise HTTPException(503, "the database is not open (GridSentry is starting or stopping)") from exc
 
-    app.include_router(modbus_router(lambda: service.modbus))
+    add_routes(app, modbus_router(lambda: service.modbus))
 
     @app.get("/healthz", tags=["health"], dependencies=[require("viewer", public="healthz")])
     def healthz() -> dict[str, Any]:
@@ -147,8 +154,7 @@ def create_app(service: Service) -> FastAPI:
             r["last_seen_age_s"] = round(now - seen, 1) if seen else None
         return rows
 
-    # Routes are added one by one (not include_router) so the app lists each guarded APIRoute itself.
-    app.router.routes.extend(alerts_router(service).routes)
+    add_routes(app, alerts_router(service))
 
     add_history_routes(app, service)
 

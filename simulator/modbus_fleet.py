@@ -17,13 +17,13 @@ Profile = dict[str, Callable[[float], float | int | str]]
 
 _PROFILES: Profile = {
     "top_oil_temp_c": wave(62.0, 4.0, 120),
-    "winding_a_temp_c": wave(74.0, 5.0, 120),
-    "winding_b_temp_c": wave(73.0, 5.0, 120, 0.3),
-    "winding_c_temp_c": wave(75.0, 5.0, 120, 0.6),
+    "winding_l1_temp_c": wave(74.0, 5.0, 120),
+    "winding_l2_temp_c": wave(73.0, 5.0, 120, 0.3),
+    "winding_l3_temp_c": wave(75.0, 5.0, 120, 0.6),
     "hot_spot_temp_c": wave(81.0, 6.0, 120),
     "ambient_temp_c": wave(31.0, 2.0, 600),
     "enclosure_humidity_pct": wave(55.0, 10.0, 900),
-    "fan_run_hours_h": lambda t: 1520 + int(t / 3600),
+    "fan_runtime_h": lambda t: 1520 + int(t / 3600),
     "fan_state": lambda t: 1,
     "controller_alarms": lambda t: 0,
     "fan_on_setpoint_c": lambda t: 55.0,

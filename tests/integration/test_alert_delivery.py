@@ -33,13 +33,26 @@ SECRET = "a1-webhook-secret"
 T0 = int(time.time()) - 600  # recent: older readings are flagged stale and rules skip them
 
 
+# Only the two gun thresholds: the test counts exactly the transitions they cause.
+GUN_THRESHOLDS = """
+pack: a1-guns
+rules:
+  - {id: dc_gun_overtemp_warning, title: DC gun over-temperature, applies_to: {kinds: [charger_dc]},
+     metric: [gun1_temp_c], above: 80, for: 30s, hysteresis: 3, class: II}
+  - {id: dc_gun_overtemp_critical, title: DC gun critically hot, applies_to: {kinds: [charger_dc]},
+     metric: [gun1_temp_c], above: 90, for: 30s, hysteresis: 3, class: I}
+"""
+
+
 def write_config(path: Path, data_dir: Path, mqtt_port: int, sink: WebhookSink) -> None:
+    pack = path.parent / "a1-guns.yaml"
+    pack.write_text(GUN_THRESHOLDS)
     path.write_text(
         f"""
 data_dir: {data_dir}
 http: {{port: 0}}
 mqtt: {{port: {mqtt_port}, client_id: a1-test}}
-rules: {{tick_ms: 100}}
+rules: {{tick_ms: 100, builtin_packs: false, packs: [{pack}]}}
 devices:
   - {{id: DC01, site: wuhan-01, kind: charger_dc}}
   - {{id: DC02, site: wuhan-01, kind: charger_dc}}

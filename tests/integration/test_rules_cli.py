@@ -177,6 +177,7 @@ def test_http_status_and_reload(tmp_path: Path):
     from fastapi.testclient import TestClient
 
     from gridsentry.api_rules import rules_router
+    from gridsentry.auth import Principal, TokenStore
 
     writer = StorageWriter(tmp_path / "api.duckdb")
     writer.start()
@@ -198,7 +199,14 @@ def test_http_status_and_reload(tmp_path: Path):
 
         app = FastAPI()
         app.include_router(rules_router(FakeService()))  # type: ignore[arg-type]
-        client = TestClient(app)
+        app.state.tokens = TokenStore()
+        app.state.tokens.add_token("gst_test-admin", Principal("test", "admin"))
+        app.state.tokens.add_token("gst_test-viewer", Principal("duty", "viewer"))
+        client = TestClient(app, headers={"authorization": "Bearer gst_test-admin"})
+        assert client.get("/api/rules", headers={"authorization": "Bearer nope"}).status_code == 401
+        viewer = {"authorization": "Bearer gst_test-viewer"}
+        assert client.get("/api/rules", headers=viewer).status_code == 200
+        assert client.post("/api/rules/reload", headers=viewer).status_code == 403
         body = client.get("/api/rules").json()
         assert body["rules"] >= 30 and body["pack_problems"] == [] and body["failed_rules"] == {}
         assert {(f["rule_id"], f["device_id"]) for f in body["firing"]} >= {("dc_gun_overtemp_critical", "DC01")}
