@@ -74,6 +74,7 @@ class Service:
         )
         self.history = HistoryJobs(self.writer, cfg.history, cfg.data_dir)
         self.sql = QueryRunner(self.writer.reader, concurrent=cfg.history.sql.concurrent, nice=cfg.history.sql.nice)
+        self.writer.on_memory_pressure = self.sql.stop_all
         self.catalogue = metric_catalogue(cfg)
         self.alert_stage = AlertStage(self.writer, cfg.alerts)
         self.alerts = self.alert_stage.lifecycle

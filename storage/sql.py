@@ -170,6 +170,21 @@ class QueryRunner:
         self._pool = ThreadPoolExecutor(
             max_workers=concurrent, thread_name_prefix="gridsentry-sql", initializer=self._lower_priority
         )
+        self._live: set[duckdb.DuckDBPyConnection] = set()
+        self._preempted: set[duckdb.DuckDBPyConnection] = set()
+        self._lock = threading.Lock()
+        self.preemptions = 0
+
+    def stop_all(self) -> bool:
+        """Interrupt every running query (ingest needs the memory). True if any was running."""
+        with self._lock:
+            live = list(self._live)
+            self._preempted.update(live)
+        for con in live:
+            with contextlib.suppress(duckdb.Error):
+                con.interrupt()
+        self.preemptions += len(live)
+        return bool(live)
 
     def _lower_priority(self) -> None:
         with contextlib.suppress(OSError, AttributeError):
@@ -177,9 +192,21 @@ class QueryRunner:
 
     def _run(self, sql: str, timeout_s: float, max_rows: int) -> QueryResult:
         con = self._connect()
+        with self._lock:
+            self._live.add(con)
         try:
             return run_read_query(con, sql, timeout_s=timeout_s, max_rows=max_rows)
+        except (QueryTimeoutError, duckdb.Error) as exc:
+            if con in self._preempted:
+                raise QueryRejectedError(
+                    "the query was stopped because the database ran short of memory and ingest comes first: "
+                    "narrow it (fewer days or devices, the rollup_1m/rollup_1h views) and run it again"
+                ) from exc
+            raise
         finally:
+            with self._lock:
+                self._live.discard(con)
+                self._preempted.discard(con)
             con.close()
 
     def submit(self, sql: str, *, timeout_s: float, max_rows: int) -> Future[QueryResult]:

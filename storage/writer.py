@@ -162,6 +162,8 @@ class StorageWriter:
         self.last_commit_seconds = 0.0
         self.readings_committed = 0
         self.on_commit: Callable[[CommitResult], None] | None = None
+        # Called when a write runs out of memory; returns True if it freed some (stopped engineers' queries).
+        self.on_memory_pressure: Callable[[], bool] | None = None
         self.dedupe = DedupeWindow(dedupe_window)
         self._after_commit: list[Callable[[], None]] = []
 
@@ -226,6 +228,18 @@ class StorageWriter:
         return CommitResult(result.readings, result.events, result.dead_letters, 0.0, dropped)
 
     # --- the thread ------------------------------------------------------------------------
+    def _in_transaction(self, con: duckdb.DuckDBPyConnection, job: WriteJob[Any]) -> Any:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            result = job(con)
+            con.execute("COMMIT")
+        except BaseException:
+            self._after_commit.clear()
+            with contextlib.suppress(duckdb.Error):
+                con.execute("ROLLBACK")
+            raise
+        return result
+
     def _run(self) -> None:
         try:
             self._con = open_database(
@@ -257,9 +271,14 @@ class StorageWriter:
                 continue
             t0 = time.perf_counter()
             try:
-                con.execute("BEGIN TRANSACTION")
-                result = job(con)
-                con.execute("COMMIT")
+                try:
+                    result = self._in_transaction(con, job)
+                except duckdb.OutOfMemoryException:
+                    # Engineers' queries share DuckDB's memory pool with ingest. Ingest wins: stop them, retry once.
+                    if self.on_memory_pressure is None or not self.on_memory_pressure():
+                        raise
+                    log.warning("a database write ran out of memory; engineers' queries were stopped and it is retried")
+                    result = self._in_transaction(con, job)
             except BaseException as exc:
                 self._after_commit.clear()
                 self.commit_failures += 1

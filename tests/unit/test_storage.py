@@ -234,3 +234,33 @@ def test_a_crash_right_after_migrating_leaves_a_database_that_opens(tmp_path):
     con = duckdb.connect(str(db))
     assert con.execute("SELECT x FROM after_migrate").fetchone() == (1,)
     assert migrate(con) == []
+
+
+def test_a_write_that_runs_out_of_memory_stops_queries_and_is_retried_once(tmp_path):
+    from storage.writer import StorageWriter
+
+    writer = StorageWriter(tmp_path / "oom.duckdb")
+    writer.start()
+    calls: list[str] = []
+    try:
+        writer.on_memory_pressure = lambda: calls.append("stop queries") or True
+
+        def flaky(con):
+            calls.append("job")
+            if calls.count("job") == 1:
+                raise duckdb.OutOfMemoryException("could not allocate block")
+            con.execute("CREATE TABLE IF NOT EXISTS kept AS SELECT 42 AS x")
+            return "committed"
+
+        assert writer.submit(flaky).result(10) == "committed"
+        assert calls == ["job", "stop queries", "job"]
+
+        def always(con):
+            raise duckdb.OutOfMemoryException("still no memory")
+
+        writer.on_memory_pressure = lambda: False  # nothing to stop: the failure stands
+        with pytest.raises(duckdb.OutOfMemoryException):
+            writer.submit(always).result(10)
+        assert writer.submit(lambda con: con.execute("SELECT x FROM kept").fetchone()).result(10) == (42,)
+    finally:
+        writer.close()
