@@ -173,10 +173,12 @@ class QueryRunner:
         self._live: set[duckdb.DuckDBPyConnection] = set()
         self._preempted: set[duckdb.DuckDBPyConnection] = set()
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
         self.preemptions = 0
 
-    def stop_all(self) -> bool:
-        """Interrupt every running query (ingest needs the memory). True if any was running."""
+    def stop_all(self, wait_s: float = 5.0) -> bool:
+        """Interrupt every running query (ingest needs the memory) and wait until they have let go of it.
+        True if any was running."""
         with self._lock:
             live = list(self._live)
             self._preempted.update(live)
@@ -184,6 +186,10 @@ class QueryRunner:
             with contextlib.suppress(duckdb.Error):
                 con.interrupt()
         self.preemptions += len(live)
+        deadline = time.monotonic() + wait_s
+        with self._idle:
+            while self._live and time.monotonic() < deadline:
+                self._idle.wait(0.05)
         return bool(live)
 
     def _lower_priority(self) -> None:
@@ -204,10 +210,11 @@ class QueryRunner:
                 ) from exc
             raise
         finally:
+            con.close()
             with self._lock:
                 self._live.discard(con)
                 self._preempted.discard(con)
-            con.close()
+                self._idle.notify_all()
 
     def submit(self, sql: str, *, timeout_s: float, max_rows: int) -> Future[QueryResult]:
         return self._pool.submit(self._run, sql, timeout_s, max_rows)

@@ -240,6 +240,17 @@ class StorageWriter:
             raise
         return result
 
+    def _retry_after_pressure(self, con: duckdb.DuckDBPyConnection, job: WriteJob[Any]) -> Any:
+        # Interrupted queries free their memory as they unwind: a few short waits, then the failure stands.
+        for delay in (0.0, 0.2, 0.5, 1.0):
+            time.sleep(delay)
+            try:
+                return self._in_transaction(con, job)
+            except duckdb.OutOfMemoryException:
+                if delay == 1.0:
+                    raise
+        raise AssertionError("unreachable")
+
     def _run(self) -> None:
         try:
             self._con = open_database(
@@ -278,7 +289,7 @@ class StorageWriter:
                     if self.on_memory_pressure is None or not self.on_memory_pressure():
                         raise
                     log.warning("a database write ran out of memory; engineers' queries were stopped and it is retried")
-                    result = self._in_transaction(con, job)
+                    result = self._retry_after_pressure(con, job)
             except BaseException as exc:
                 self._after_commit.clear()
                 self.commit_failures += 1
