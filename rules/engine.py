@@ -102,6 +102,8 @@ SELF_DEVICE = "gridsentry"
 RULE_FAILED = "gridsentry.rule_failed"
 _WINDOWED = ("rate", "trend", "stuck", "deviation", "expression")
 
+_DEVIATION = -1  # the pseudo-shard that judges deviation rules across all shards
+
 # (kind, its bindings, bindings -> lazy observations)
 _Plan = tuple[str, pl.DataFrame, Callable[[pl.DataFrame], pl.LazyFrame]]
 
@@ -525,15 +527,22 @@ class RuleEngine:
         # take one due shard each; a step of a bucket or more (replays, catching up) takes them all.
         edge = (now_us // self.bucket_us) * self.bucket_us
         # Longest-waiting shards first; enough per tick that every shard is judged once per bucket.
+        # Deviation rules (peers across shards) come last, on a tick of their own when ticks are short.
         due = sorted(
             (k for k, w in enumerate(self._shard_windows) if w.edge != edge),
             key=lambda k: self._shard_windows[k].edge or -1,
         )
+        deviation_due = self._deviation_windows.edge != edge
         step = now_us - self._prev_now if self._prev_now is not None else self.bucket_us
         self._prev_now = now_us
-        if due:
-            take = len(due) if step >= self.bucket_us or step <= 0 else math.ceil(self.shards * step / self.bucket_us)
-            plans += self._windowed(now_us, edge, due[:take], sun)
+        if step >= self.bucket_us or step <= 0:
+            todo = due + ([_DEVIATION] if deviation_due else [])
+        elif due:
+            todo = due[: math.ceil(self.shards * step / self.bucket_us)]
+        else:
+            todo = [_DEVIATION] if deviation_due else []
+        if todo:
+            plans += self._windowed(now_us, edge, todo, sun)
         observations += self._run(plans, findings)
         obs = [o for o in observations if o.height]
         if obs:
@@ -547,6 +556,13 @@ class RuleEngine:
         plans: list[_Plan] = []
         shard_of = self._shard_expr()
         for k in shards:
+            if k == _DEVIATION:
+                plans += self._deviation(now_us, edge, sun)
+                self.shard_passes += 1
+                self._passes += 1
+                if self._passes % 10 == 1:
+                    self._trim(edge)  # a pass over the whole store: not needed every bucket
+                continue
             w = self._shard_windows[k]
             prev = w.edge
 
@@ -592,20 +608,16 @@ class RuleEngine:
                         )
 
                     plans.append(("expression", group, plan))
-        if all(w.edge == edge for w in self._shard_windows):
-            plans += self._deviation(now_us, edge, sun)
-            self._passes += 1
-            if self._passes % 10 == 1:
-                self._trim(edge)  # a pass over the whole store: not needed every bucket
         return plans
 
     def _deviation(self, now_us: int, edge: int, sun: Callable[[pl.DataFrame], pl.LazyFrame]) -> list[_Plan]:
         """Peers are compared with each other, so deviation rules judge all devices at once, when
         the last shard of a bucket is done. Their window sums are kept apart from the shards'."""
         bindings = self._by_kind.get("deviation")
-        if bindings is None or self._deviation_keys.height == 0:
-            return []
         w = self._deviation_windows
+        if bindings is None or self._deviation_keys.height == 0:
+            w.edge = edge
+            return []
         prev = w.edge
         keys = self._deviation_keys.lazy()
         if prev is None or w.origin is None:
