@@ -102,6 +102,8 @@ SELF_DEVICE = "gridsentry"
 RULE_FAILED = "gridsentry.rule_failed"
 _WINDOWED = ("rate", "trend", "stuck", "deviation", "expression")
 
+_DEVIATION = -1  # the pseudo-shard that judges deviation rules across all shards
+
 # (kind, its bindings, bindings -> lazy observations)
 _Plan = tuple[str, pl.DataFrame, Callable[[pl.DataFrame], pl.LazyFrame]]
 
@@ -165,11 +167,15 @@ class RuleEngine:
         overrides: Iterable[Override] = (),
         bucket_s: float = 30.0,
         max_window_s: float = 6 * 3600.0,
+        shards: int = 8,
     ) -> None:
         self.rules = {r.id: r for r in rules}
         self.overrides = list(overrides)
         self.units = dict(units or {})
         self.bucket_us = int(bucket_s * 1_000_000)
+        # Windowed kinds are judged once per bucket; with ticks shorter than a bucket the devices are
+        # split into shards and one shard is judged per tick, so no tick carries the whole fleet.
+        self.shards = max(1, shards)
         self.max_window_s = max_window_s
         self._devices: dict[str, DeviceInfo] = {}
         self._sites: dict[str, SiteInfo] = {}
@@ -183,17 +189,18 @@ class RuleEngine:
         self._buckets = pl.DataFrame(schema=_BUCKET_SCHEMA)
         self._last_seen = pl.DataFrame(schema={"device_id": pl.String(), "last_ts": pl.Int64()})
         self._now_us: int | None = None
-        self._last_window_bucket: int | None = None
+        self._prev_now: int | None = None
+        self.shard_passes = 0
         self._stat_keys = pl.DataFrame()
         self._retention = pl.DataFrame()
         self._key_params = pl.DataFrame()
-        self._touched: list[pl.Series] = []
-        self._touched_all = True
-        self._windows = windows.WindowSums()
+        self._shard_windows = [windows.WindowSums() for _ in range(self.shards)]
+        self._deviation_windows = windows.WindowSums()
+        self._shard_kinds: dict[tuple[str, int], pl.DataFrame] = {}
+        self._shard_keys: dict[int, pl.DataFrame] = {}
+        self._deviation_keys = pl.DataFrame()
         self._stuck = pl.DataFrame(schema=windows.STUCK_SCHEMA)
-        self._edge: int | None = None
         self._passes = 0
-        self._edge_before: int | None = None
         self.failed_rules: dict[str, str] = {}
         self.evaluations = 0
         self.readings_evaluated = 0
@@ -296,9 +303,25 @@ class RuleEngine:
             keep_us=(pl.col("window_s").max().clip(upper_bound=self.max_window_s) * 1e6).cast(pl.Int64)
         )
         self._key_params = bindings.select(*_KEY, "variant", "site", "for_us", "repeat").unique(_KEY)
-        self._touched_all = True
-        self._edge = None  # the window sums are rebuilt from the bucket store at the next pass
-        self._windows = windows.WindowSums()
+        # The window sums are rebuilt from the bucket store at the next pass of each shard.
+        self._shard_windows = [windows.WindowSums() for _ in range(self.shards)]
+        self._deviation_windows = windows.WindowSums()
+        shard = self._shard_expr()
+        self._shard_kinds = {
+            (str(kind), int(k)): frame
+            for (kind, k), frame in bindings.filter(pl.col("kind").is_in(["rate", "trend", "stuck", "expression"]))
+            .with_columns(shard=shard)
+            .partition_by("kind", "shard", as_dict=True, include_key=False)
+            .items()
+        }
+        self._shard_keys = {
+            int(k): frame
+            for (k,), frame in self._stat_keys.filter(~pl.col("always"))
+            .with_columns(shard=shard)
+            .partition_by("shard", as_dict=True, include_key=False)
+            .items()
+        }
+        self._deviation_keys = self._stat_keys.filter(pl.col("always")).select(windows.KEY)
         for key, rule in self._variants.items():
             if rule.kind == "expression" and key not in self._compiled:
                 assert rule.expression is not None
@@ -418,6 +441,9 @@ class RuleEngine:
         if self._buckets.n_chunks() > 64:
             self._buckets = self._buckets.rechunk()
 
+    def _shard_expr(self) -> pl.Expr:
+        return (pl.col("device_id").hash(seed=7) % self.shards).cast(pl.Int64)
+
     def _cut(self, b_us: int) -> int:
         """Index of the first bucket at or after `b_us` in the time-sorted store."""
         return int(self._buckets["b"].search_sorted(b_us, side="left"))
@@ -493,17 +519,30 @@ class RuleEngine:
         else:
             observations = []
         self._fold(good, all_times)
-        if good.height:
-            self._touched.append(good["device_id"].unique())
         off = self._by_kind.get("offline")
         if off is not None:
             seen = self._last_seen.lazy()
             plans.append(("offline", off, lambda b: kinds.offline(seen, b.lazy(), now_us)))
-        bucket_now = now_us // self.bucket_us
-        if bucket_now != self._last_window_bucket:
-            # Windowed kinds judge once per bucket: their inputs change at bucket resolution.
-            self._last_window_bucket = bucket_now
-            plans += self._windowed(now_us, sun)
+        # Windowed kinds judge once per bucket: their inputs change at bucket resolution. Short ticks
+        # take one due shard each; a step of a bucket or more (replays, catching up) takes them all.
+        edge = (now_us // self.bucket_us) * self.bucket_us
+        # Longest-waiting shards first; enough per tick that every shard is judged once per bucket.
+        # Deviation rules (peers across shards) come last, on a tick of their own when ticks are short.
+        due = sorted(
+            (k for k, w in enumerate(self._shard_windows) if w.edge != edge),
+            key=lambda k: self._shard_windows[k].edge or -1,
+        )
+        deviation_due = self._deviation_windows.edge != edge
+        step = now_us - self._prev_now if self._prev_now is not None else self.bucket_us
+        self._prev_now = now_us
+        if step >= self.bucket_us or step <= 0:
+            todo = due + ([_DEVIATION] if deviation_due else [])
+        elif due:
+            todo = due[: math.ceil(self.shards * step / self.bucket_us)]
+        else:
+            todo = [_DEVIATION] if deviation_due else []
+        if todo:
+            plans += self._windowed(now_us, edge, todo, sun)
         observations += self._run(plans, findings)
         obs = [o for o in observations if o.height]
         if obs:
@@ -511,72 +550,83 @@ class RuleEngine:
         self.last_eval_seconds = time.perf_counter() - t0
         return findings
 
-    def _windowed(self, now_us: int, sun: Callable[[pl.DataFrame], pl.LazyFrame]) -> list[_Plan]:
-        keys = self._stat_keys
-        if keys.height == 0 and "stuck" not in self._by_kind:
-            return []
-        if not self._touched_all and keys.height:
-            # Only devices with new data since the last windowed pass (their windows moved), devices
-            # with pending or firing state (so they can clear), and every deviation peer.
-            touched = pl.concat([*self._touched, self._state["device_id"]]).unique()
-            keys = keys.filter(pl.col("always") | pl.col("device_id").is_in(touched.implode()))
-        self._touched = []
-        self._touched_all = False
-        edge = (now_us // self.bucket_us) * self.bucket_us
-        stats_lazy = self._advance_windows(edge, now_us, keys)
-        stuck_bindings = self._by_kind.get("stuck")
-        if stuck_bindings is not None:
-            self._stuck = windows.update_stuck(
-                self._stuck, self._between, stuck_bindings.lazy(), self._edge_before, edge
-            )
-            stuck_state = self._stuck.lazy()
-        self._passes += 1
-        if self._passes % 10 == 1:
-            self._trim(edge)  # a pass over the whole store: not needed every bucket
+    def _windowed(
+        self, now_us: int, edge: int, shards: list[int], sun: Callable[[pl.DataFrame], pl.LazyFrame]
+    ) -> list[_Plan]:
         plans: list[_Plan] = []
-        evaluators: dict[str, Callable[[pl.LazyFrame, pl.LazyFrame, int], pl.LazyFrame]] = {
-            "rate": kinds.rate,
-            "trend": kinds.trend,
-            "deviation": kinds.deviation,
-        }
-        for name, fn in evaluators.items():
-            b = self._by_kind.get(name)
-            if b is not None:
-                plans.append((name, b, lambda bb, fn=fn: fn(stats_lazy, sun(bb), now_us)))  # type: ignore[misc]
-        if stuck_bindings is not None:
-            plans.append(("stuck", stuck_bindings, lambda bb: kinds.stuck(stuck_state, bb.lazy(), edge)))
-        expr_bindings = self._by_kind.get("expression")
-        if expr_bindings is not None:
-            for (variant,), group in expr_bindings.partition_by("variant", as_dict=True).items():
-                rule = self._variants[str(variant)]
-                expr, when = self._compiled[str(variant)]
+        shard_of = self._shard_expr()
+        for k in shards:
+            if k == _DEVIATION:
+                plans += self._deviation(now_us, edge, sun)
+                self.shard_passes += 1
+                self._passes += 1
+                if self._passes % 10 == 1:
+                    self._trim(edge)  # a pass over the whole store: not needed every bucket
+                continue
+            w = self._shard_windows[k]
+            prev = w.edge
 
-                def plan(
-                    bb: pl.DataFrame, expr: pl.Expr = expr, when: pl.Expr | None = when, rule: Rule = rule
-                ) -> pl.LazyFrame:
-                    return kinds.expression(
-                        stats_lazy, sun(bb), now_us, expr, when, rule.input_metrics, rule.window_s or 300.0
-                    )
+            def between(lo: int, hi: int, k: int = k) -> pl.DataFrame:
+                return self._between(lo, hi).filter(shard_of == k)
 
-                plans.append(("expression", group, plan))
+            keys = self._shard_keys.get(k)
+            if keys is not None and (prev is None or w.origin is None):
+                w.rebuild(self._buckets.filter(shard_of == k), keys.lazy(), edge)
+            elif keys is not None and prev is not None and edge > prev:
+                w.advance(between(prev, edge), keys.lazy(), edge)
+            else:
+                w.edge, w.origin = edge, w.origin if w.origin is not None else edge
+            self.shard_passes += 1
+            assert w.origin is not None
+            stats = windows.relative_to_now(w.sums.lazy(), w.origin, now_us).collect().lazy()
+            stuck_bindings = self._shard_kinds.get(("stuck", k))
+            if stuck_bindings is not None:
+                self._stuck = windows.update_stuck(self._stuck, between, stuck_bindings.lazy(), prev, edge)
+                stuck_state = self._stuck.lazy()
+                plans.append(
+                    ("stuck", stuck_bindings, lambda bb, st=stuck_state: kinds.stuck(st, bb.lazy(), edge))  # type: ignore[misc]
+                )
+            for name, fn in (("rate", kinds.rate), ("trend", kinds.trend)):
+                b = self._shard_kinds.get((name, k))
+                if b is not None:
+                    plans.append((name, b, lambda bb, fn=fn, st=stats: fn(st, sun(bb), now_us)))  # type: ignore[misc]
+            expr_bindings = self._shard_kinds.get(("expression", k))
+            if expr_bindings is not None:
+                for (variant,), group in expr_bindings.partition_by("variant", as_dict=True).items():
+                    rule = self._variants[str(variant)]
+                    expr, when = self._compiled[str(variant)]
+
+                    def plan(
+                        bb: pl.DataFrame,
+                        expr: pl.Expr = expr,
+                        when: pl.Expr | None = when,
+                        rule: Rule = rule,
+                        st: pl.LazyFrame = stats,
+                    ) -> pl.LazyFrame:
+                        return kinds.expression(
+                            st, sun(bb), now_us, expr, when, rule.input_metrics, rule.window_s or 300.0
+                        )
+
+                    plans.append(("expression", group, plan))
         return plans
 
-    def _advance_windows(self, edge: int, now_us: int, touched_keys: pl.DataFrame) -> pl.LazyFrame:
-        """Bring the window sums up to `edge` (buckets before it are closed) and return the
-        statistics of the keys to judge, relative to now."""
-        all_keys = self._stat_keys.lazy().select("device_id", "metric", "window_s")
-        self._edge_before = self._edge
-        w = self._windows
-        if self._edge is None or w.edge is None:
-            w.rebuild(self._buckets, all_keys, edge)
-        elif edge > w.edge:
-            w.advance(self._between(w.edge, edge), all_keys, edge)
-        self._edge = edge
+    def _deviation(self, now_us: int, edge: int, sun: Callable[[pl.DataFrame], pl.LazyFrame]) -> list[_Plan]:
+        """Peers are compared with each other, so deviation rules judge all devices at once, when
+        the last shard of a bucket is done. Their window sums are kept apart from the shards'."""
+        bindings = self._by_kind.get("deviation")
+        w = self._deviation_windows
+        if bindings is None or self._deviation_keys.height == 0:
+            w.edge = edge
+            return []
+        prev = w.edge
+        keys = self._deviation_keys.lazy()
+        if prev is None or w.origin is None:
+            w.rebuild(self._buckets, keys, edge)
+        elif edge > prev:
+            w.advance(self._between(prev, edge), keys, edge)
         assert w.origin is not None
-        judged = w.sums.lazy().join(
-            touched_keys.lazy().select("device_id", "metric", "window_s"), on=windows.KEY, how="semi"
-        )
-        return windows.relative_to_now(judged, w.origin, now_us).collect().lazy()
+        stats = windows.relative_to_now(w.sums.lazy(), w.origin, now_us).collect().lazy()
+        return [("deviation", bindings, lambda bb: kinds.deviation(stats, sun(bb), now_us))]
 
     def _run(self, plans: list[_Plan], findings: list[Finding]) -> list[pl.DataFrame]:
         """Collect every kind's plan in one go (Polars runs them in parallel); if that raises,

@@ -372,3 +372,21 @@ overrides:
     assert any("overrides[0].set.above" in t and "rule fine" in t for t in text), text
     assert any("overrides[1].rules" in t and "'nope'" in t for t in text), text
     assert loaded.overrides == []
+
+
+def test_short_ticks_spread_windowed_rules_over_the_bucket():
+    devices = [DeviceInfo(f"TX{i:02d}", "s1", "box_transformer", interval_s=10) for i in range(12)]
+    rule = {"id": "f", "kind": "trend", "metric": "top_oil_temp_c", "limit": 95, "window": "30m", "horizon": "1h"}
+    e = make([rule], devices, shards=4)
+    series = [(s, d.device_id, "top_oil_temp_c", 80 + 0.25 * s / 60) for s in range(0, 2400, 10) for d in devices]
+    e.evaluate(rows([p for p in series if p[0] == 0]), now=T0)  # first evaluation: every shard at once
+    fired: set[str] = set()
+    most = 0
+    for t in range(10, 2400, 10):  # 10 s ticks: shorter than the 30 s bucket
+        before = e.shard_passes
+        fired |= {
+            f.device_id for f in e.evaluate(rows([p for p in series if p[0] == t]), now=T0 + timedelta(seconds=t))
+        }
+        most = max(most, e.shard_passes - before)
+    assert most <= 2  # 4 shards over 3 ticks per bucket: at most 2 a tick, never the whole fleet
+    assert fired == {d.device_id for d in devices}  # yet every device's forecast was judged
