@@ -238,6 +238,11 @@ class Service:
         self.loaded_rules = load_packs(files)
         self.engine = RuleEngine(self.loaded_rules.rules, {m.name: m.unit for m in self.catalogue.values()})
         self.engine.set_devices(self.known_devices.values())
+        # Open alerts are conditions the engine saw firing before a restart: an engine that can take them back
+        # (an optional `restore_firing(fingerprints)`) then clears them when the readings do.
+        restore_firing = getattr(self.engine, "restore_firing", None)
+        if restore_firing is not None:
+            restore_firing(self.alerts.open_fingerprints())
         log.info(
             "rules: %d loaded from %d packs, %d device bindings, %d problems",
             len(self.loaded_rules.rules),
