@@ -102,7 +102,7 @@ class AppriseChannel:
             if payload.get("kind") in ("resolved", "closed", "acknowledged")
             else apprise.NotifyType.FAILURE
         )
-        with apprise.LogCapture(level=logging.WARNING) as captured:  # type: ignore[no-untyped-call]
+        with apprise.LogCapture(level=logging.WARNING, fmt="%(message)s") as captured:  # type: ignore[no-untyped-call]
             ok = await asyncio.to_thread(notifier.notify, body=body, title=title, notify_type=notify_type)
             output = captured.getvalue().strip() if hasattr(captured, "getvalue") else ""
         if ok:

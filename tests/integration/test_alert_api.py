@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -149,6 +150,12 @@ async def test_alert_routes_cli_and_monthly_kpis(tmp_path: Path) -> None:
         assert everything["events"] == 3
         assert 'gridsentry_alerts_sla_breaches_total{clock="ack",event_class="I"} 1.0' in metrics
         assert 'gridsentry_alerts_open_overdue{event_class="III"} 1.0' in metrics
+        promtool = shutil.which("promtool")
+        assert promtool, "promtool is missing: `make test` installs it (apt-get install prometheus)"
+        lint = await asyncio.to_thread(
+            subprocess.run, [promtool, "check", "metrics"], input=metrics, capture_output=True, text=True
+        )
+        assert lint.returncode == 0 and not (lint.stdout + lint.stderr).strip(), lint.stdout + lint.stderr
 
         # The CLI talks to the running service.
         out = await asyncio.to_thread(cli, cfg.data_dir, "alerts", "list", "--state", "all", "--format", "json")

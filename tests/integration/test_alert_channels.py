@@ -100,7 +100,7 @@ async def test_email_via_apprise_and_signed_webhook(tmp_path: Path) -> None:
     sink.start()
     dead_port = free_port()  # nothing listens: li.wei's first contact keeps failing, e-mail is the fallback
     cfg = people_config(
-        {"li.wei": [f"json://127.0.0.1:{dead_port}/push", smtp.contact("li.wei@example.com")]},
+        {"li.wei": [f"json://bot:SENTINEL-SECRET@127.0.0.1:{dead_port}/push", smtp.contact("li.wei@example.com")]},
         webhooks=[{"name": "noc", "url": f"{sink.url}/hook", "secret": SECRET.decode()}],
         heartbeat_every=0.5,
     )
@@ -123,6 +123,7 @@ async def test_email_via_apprise_and_signed_webhook(tmp_path: Path) -> None:
             # The push contact failed twice, then the e-mail contact got the same message (same key) and took it.
             assert [(r[0], r[1]) for r in rows] == [(0, "pending"), (1, "sent")]
             assert rows[0][2] >= 2 and "json:// delivery failed" in rows[0][3] and rows[0][4] == rows[1][4]
+            assert "SENTINEL-SECRET" not in rows[0][3]  # the contact's credentials never reach the outbox
     finally:
         smtp.stop()
         sink.stop()
