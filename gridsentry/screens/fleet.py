@@ -45,6 +45,7 @@ class ScreensView:
         self.series_served = 0
         self.series_held = 0
         self.last_render_seconds = 0.0
+        self.render_failures = 0
         self._alerts_lock = threading.Lock()
         self._alerts: tuple[float, pl.DataFrame] | None = None
         self._devices: tuple[int, pl.DataFrame] | None = None

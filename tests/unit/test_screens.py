@@ -223,3 +223,26 @@ def test_sla_families_count_breaches_and_expose_pending_deadlines():
     }
     # An acknowledged alert has no acknowledgement deadline left to count down to.
     assert ("2", "ack") not in deadlines and ("1", "ack") in deadlines and ("2", "restore") in deadlines
+
+
+def test_a_failing_fleet_render_leaves_the_health_families_and_is_counted(caplog: pytest.LogCaptureFixture):
+    from types import SimpleNamespace
+
+    from prometheus_client.core import GaugeMetricFamily
+
+    from gridsentry.exporter import render_metrics
+
+    def broken() -> str:
+        raise RuntimeError("polars blew up")
+
+    class Health:
+        def collect(self):
+            yield GaugeMetricFamily("gridsentry_up_for_test", "h", value=1)
+
+    registry = CollectorRegistry()
+    registry.register(Health())
+    service = SimpleNamespace(registry=registry, screens=SimpleNamespace(render_fleet=broken, render_failures=0))
+    body = render_metrics(service).decode()  # type: ignore[arg-type]
+    assert "gridsentry_up_for_test 1.0" in body
+    assert service.screens.render_failures == 1
+    assert "fleet families are left out" in caplog.text
