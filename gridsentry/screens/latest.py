@@ -23,6 +23,7 @@ LATEST_SCHEMA = pl.Schema(
     }
 )
 _COLUMNS = list(LATEST_SCHEMA)
+_KEYS = ["device_id", "metric"]
 
 
 class LatestValues:
@@ -68,13 +69,15 @@ class LatestValues:
             if not pending:
                 return frame
             fresh = pl.DataFrame(pa.concat_tables(pending, promote_options="permissive")).cast(LATEST_SCHEMA)
-            # Stable sort by time, then keep the last row per key: the newest reading wins and, at equal
-            # timestamps, the one committed last.
-            merged = (
-                pl.concat([frame, fresh])
-                .sort("ts", maintain_order=True)
-                .unique(subset=["device_id", "metric"], keep="last", maintain_order=False)
+            # The newest of the pending readings per key (at equal timestamps the one committed last), then only
+            # those not older than what the frame holds replace it: a late reading never wins.
+            fresh = fresh.sort("ts", maintain_order=True).unique(subset=_KEYS, keep="last")
+            newer = (
+                fresh.join(frame.select(*_KEYS, pl.col("ts").alias("held_ts")), on=_KEYS, how="left")
+                .filter(pl.col("held_ts").is_null() | (pl.col("ts") >= pl.col("held_ts")))
+                .drop("held_ts")
             )
+            merged = pl.concat([frame.join(newer.select(_KEYS), on=_KEYS, how="anti"), newer])
             with self._lock:
                 self._frame = merged
             return merged

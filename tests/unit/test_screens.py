@@ -246,3 +246,28 @@ def test_a_failing_fleet_render_leaves_the_health_families_and_is_counted(caplog
     assert "gridsentry_up_for_test 1.0" in body
     assert service.screens.render_failures == 1
     assert "fleet families are left out" in caplog.text
+
+
+def test_latest_values_agree_with_a_plain_dict_over_random_commit_orders():
+    import random
+
+    rng = random.Random(8)
+    for _ in range(20):
+        lv = LatestValues(fold_after_rows=10**9)
+        expected: dict[tuple[str, str], tuple[float, int]] = {}
+        seq = 0
+        for _batch in range(rng.randint(1, 8)):
+            rows = []
+            for _ in range(rng.randint(1, 40)):
+                key = (f"D{rng.randint(0, 4)}", f"m{rng.randint(0, 3)}")
+                ts = NOW + rng.randint(0, 20)
+                seq += 1
+                rows.append((ts, key[0], key[1], float(seq)))
+                held = expected.get(key)
+                if held is None or ts >= held[0]:  # newest wins; a tie goes to the later commit
+                    expected[key] = (ts, seq)
+            lv.update(readings(rows))
+            if rng.random() < 0.5:
+                lv.snapshot()
+        got = {(d, m): v for d, m, v in lv.snapshot().select("device_id", "metric", "value").rows()}
+        assert got == {k: float(v[1]) for k, v in expected.items()}
