@@ -19,7 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector
 
 from gridsentry import __version__
-from gridsentry.screens.alerts import alert_families
+from gridsentry.screens.alerts import alert_families, kpi_families
 
 if TYPE_CHECKING:
     from gridsentry.service import Service
@@ -134,6 +134,7 @@ class ServiceCollector(Collector):
         c.add_metric([], s.alerts.resolved)
         yield c
         yield from alert_families(s.screens.open_alerts_detail(), time.time())
+        yield from kpi_families(s.screens.alert_kpis())
 
     def _screens(self) -> Iterator[Metric]:
         yield GaugeMetricFamily(

@@ -14,7 +14,7 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from gridsentry.screens import exposition
-from gridsentry.screens.alerts import EVENT_CLASSES, OPEN_ALERTS_SCHEMA, OPEN_ALERTS_SQL
+from gridsentry.screens.alerts import EVENT_CLASSES, KPI_SQL, OPEN_ALERTS_SCHEMA, OPEN_ALERTS_SQL
 from gridsentry.screens.exposition import DEVICE_SCHEMA, DEVICE_STATES, FleetState
 from gridsentry.screens.latest import LatestValues
 from gridsentry.screens.naming import ReadingFamily, reading_families
@@ -32,6 +32,7 @@ TRANSFORMER_LOAD_METRIC = "load_kva"
 TRANSFORMER_FACTOR_METRIC = "load_factor"
 HOT_SPOT_METRIC = "hot_spot_temp_c"
 _ALERTS_CACHE_S = 1.0
+_KPI_CACHE_S = 5.0
 
 
 class ScreensView:
@@ -48,6 +49,7 @@ class ScreensView:
         self.render_failures = 0
         self._alerts_lock = threading.Lock()
         self._alerts: tuple[float, pl.DataFrame] | None = None
+        self._kpis: tuple[float, list[tuple[object, ...]]] | None = None
         self._devices: tuple[int, pl.DataFrame] | None = None
         self._render_lock = threading.Lock()
         self._rendered: tuple[int, int, str] | None = None  # (state version, second, text)
@@ -89,6 +91,20 @@ class ScreensView:
             frame = pl.DataFrame({c: [r[i] for r in rows] for i, c in enumerate(cols)}, schema=OPEN_ALERTS_SCHEMA)
             self._alerts = (now, frame)
             return frame
+
+    def alert_kpis(self) -> list[tuple[object, ...]]:
+        """The standard's KPIs per event class (gridsentry.screens.alerts.KPI_SQL), read at most every 5 s."""
+        with self._alerts_lock:
+            now = time.monotonic()
+            if self._kpis is not None and now - self._kpis[0] < _KPI_CACHE_S:
+                return self._kpis[1]
+            con = self._service.writer.reader()
+            try:
+                rows = [tuple(r) for r in con.execute(KPI_SQL).fetchall()]
+            finally:
+                con.close()
+            self._kpis = (now, rows)
+            return rows
 
     def state(self, alerts_max_age_s: float = _ALERTS_CACHE_S) -> FleetState:
         try:

@@ -271,3 +271,42 @@ def test_latest_values_agree_with_a_plain_dict_over_random_commit_orders():
                 lv.snapshot()
         got = {(d, m): v for d, m, v in lv.snapshot().select("device_id", "metric", "value").rows()}
         assert got == {k: float(v[1]) for k, v in expected.items()}
+
+
+def test_kpis_of_the_standard_per_event_class():
+    import duckdb
+
+    from gridsentry.screens.alerts import KPI_SQL, kpi_families
+
+    con = duckdb.connect()
+    con.execute(
+        "CREATE TABLE alerts (event_class VARCHAR, created_at TIMESTAMPTZ, ack_due TIMESTAMPTZ, "
+        "acknowledged_at TIMESTAMPTZ, resolved_at TIMESTAMPTZ, closed_at TIMESTAMPTZ)"
+    )
+    rows = [
+        # class I: acked after 2 min (in time), resolved after 1 h
+        ("I", "-60 minutes", "-55 minutes", "-58 minutes", "0 minutes", None),
+        # class I: acked after 10 min (late), still open
+        ("I", "-30 minutes", "-25 minutes", "-20 minutes", None, None),
+        # class I: raised a minute ago, nobody acked yet, still inside its 5 minutes: not counted for the response rate
+        ("I", "-1 minutes", "4 minutes", None, None, None),
+        # class II: never acked, 5 minutes over, closed after 2 h
+        ("II", "-120 minutes", "-115 minutes", None, None, "0 minutes"),
+        # older than the 30-day window: ignored
+        ("III", "-40 days", "-40 days", None, None, None),
+    ]
+    for cls, *times in rows:
+        values = ", ".join("NULL" if t is None else f"now() + INTERVAL '{t}'" for t in times)
+        con.execute(f"INSERT INTO alerts VALUES ('{cls}', {values})")
+    got = {}
+    for fam in kpi_families([tuple(r) for r in con.execute(KPI_SQL).fetchall()]):
+        for s in fam.samples:
+            got[(s.name, s.labels["event_class"])] = s.value
+    assert got[("gridsentry_alerts_kpi_raised", "I")] == 3 and got[("gridsentry_alerts_kpi_raised", "III")] == 0
+    assert got[("gridsentry_alerts_kpi_response_timeliness_ratio", "I")] == pytest.approx(1 / 2)
+    assert got[("gridsentry_alerts_kpi_response_timeliness_ratio", "II")] == 0.0
+    assert got[("gridsentry_alerts_kpi_resolution_ratio", "I")] == pytest.approx(1 / 3)
+    assert got[("gridsentry_alerts_kpi_resolution_ratio", "II")] == 1.0
+    assert got[("gridsentry_alerts_kpi_mean_time_to_acknowledge_seconds", "I")] == pytest.approx((120 + 600) / 2, abs=1)
+    assert got[("gridsentry_alerts_kpi_mean_time_to_resolve_seconds", "II")] == pytest.approx(7200, abs=1)
+    assert ("gridsentry_alerts_kpi_mean_time_to_acknowledge_seconds", "II") not in got  # undefined, not 0
