@@ -61,7 +61,7 @@ class LatestValues:
                 self._folding = False
 
     def snapshot(self) -> pl.DataFrame:
-        """The current state: one row per (device_id, metric)."""
+        """The current state: one row per (device_id, metric), each key at the row it first got."""
         with self._fold_lock:
             with self._lock:
                 pending, self._pending, self._pending_rows = self._pending, [], 0
@@ -69,15 +69,22 @@ class LatestValues:
             if not pending:
                 return frame
             fresh = pl.DataFrame(pa.concat_tables(pending, promote_options="permissive")).cast(LATEST_SCHEMA)
-            # The newest of the pending readings per key (at equal timestamps the one committed last), then only
-            # those not older than what the frame holds replace it: a late reading never wins.
+            # The newest of the pending readings per key (at equal timestamps the one committed last); held values
+            # are replaced in place only by readings not older than them (a late reading never wins), and new keys
+            # are appended. Rows never move, so the exposition can keep its per-series text between scrapes.
             fresh = fresh.sort("ts", maintain_order=True).unique(subset=_KEYS, keep="last")
-            newer = (
-                fresh.join(frame.select(*_KEYS, pl.col("ts").alias("held_ts")), on=_KEYS, how="left")
-                .filter(pl.col("held_ts").is_null() | (pl.col("ts") >= pl.col("held_ts")))
-                .drop("held_ts")
+            located = fresh.join(frame.select(_KEYS).with_row_index("row"), on=_KEYS, how="left")
+            held = located.filter(pl.col("row").is_not_null())
+            held = held.filter(pl.col("ts") >= frame["ts"].gather(held["row"]))
+            columns = {name: frame[name] for name in _KEYS}
+            for name in ("ts", "value", "quality"):
+                column = frame[name].clone()
+                if held.height:
+                    column.scatter(held["row"], held[name])
+                columns[name] = column
+            merged = pl.concat(
+                [pl.DataFrame(columns), located.filter(pl.col("row").is_null()).select(_COLUMNS)], how="vertical"
             )
-            merged = pl.concat([frame.join(newer.select(_KEYS), on=_KEYS, how="anti"), newer])
             with self._lock:
                 self._frame = merged
             return merged

@@ -310,3 +310,17 @@ def test_kpis_of_the_standard_per_event_class():
     assert got[("gridsentry_alerts_kpi_mean_time_to_acknowledge_seconds", "I")] == pytest.approx((120 + 600) / 2, abs=1)
     assert got[("gridsentry_alerts_kpi_mean_time_to_resolve_seconds", "II")] == pytest.approx(7200, abs=1)
     assert ("gridsentry_alerts_kpi_mean_time_to_acknowledge_seconds", "II") not in got  # undefined, not 0
+
+
+def test_latest_values_keep_each_key_at_its_row():
+    lv = LatestValues()
+    lv.update(readings([(NOW, "A", "m1", 1.0), (NOW, "B", "m1", 2.0)]))
+    first = lv.snapshot().select("device_id", "metric").rows()
+    lv.update(readings([(NOW + 1, "C", "m1", 3.0), (NOW + 1, "A", "m1", 4.0), (NOW - 9, "B", "m1", 0.0)]))
+    snap = lv.snapshot()
+    assert snap.select("device_id", "metric").rows()[:2] == first  # held keys stay put, new ones are appended
+    assert snap.rows() == [
+        ("A", "m1", snap["ts"][0], 4.0, 0),
+        ("B", "m1", snap["ts"][1], 2.0, 0),
+        ("C", "m1", snap["ts"][2], 3.0, 0),
+    ]
