@@ -52,6 +52,7 @@ class ScreensView:
         self._kpis: tuple[float, list[tuple[object, ...]]] | None = None
         self._devices: tuple[int, pl.DataFrame] | None = None
         self._render_lock = threading.Lock()
+        self._layout_cache: dict[str, exposition.SeriesLayout] = {}
         self._rendered: tuple[int, int, str] | None = None  # (state version, second, text)
 
     # --- inputs ------------------------------------------------------------------------------------------
@@ -132,7 +133,7 @@ class ScreensView:
                 return self._rendered[2]
             t0 = time.perf_counter()
             state = self.state()
-            text = exposition.render_fleet(state)
+            text = exposition.render_fleet(state, self._layout_cache)
             self.last_render_seconds = time.perf_counter() - t0
             self.series_held = state.latest.height
             self.series_served = text.count("\n") - 2 * text.count("# TYPE ")

@@ -319,8 +319,25 @@ def test_latest_values_keep_each_key_at_its_row():
     lv.update(readings([(NOW + 1, "C", "m1", 3.0), (NOW + 1, "A", "m1", 4.0), (NOW - 9, "B", "m1", 0.0)]))
     snap = lv.snapshot()
     assert snap.select("device_id", "metric").rows()[:2] == first  # held keys stay put, new ones are appended
-    assert snap.rows() == [
-        ("A", "m1", snap["ts"][0], 4.0, 0),
-        ("B", "m1", snap["ts"][1], 2.0, 0),
-        ("C", "m1", snap["ts"][2], 3.0, 0),
-    ]
+    assert snap.select("device_id", "metric").rows()[2] == ("C", "m1")
+    assert dict(snap.select("device_id", "value").rows()) == {"A": 4.0, "B": 2.0, "C": 3.0}
+
+
+def test_series_layout_is_reused_until_a_series_appears():
+    from dataclasses import replace
+
+    lv = LatestValues()
+    lv.update(readings([(NOW - 5, "DC01", "gun1_power_kw", 10.0), (NOW - 5, "DC01", "vendor_x", 1.0)]))
+    state = fleet_state(lv.snapshot(), [("DC01", "hub-1", "charger_dc", 10.0, 120.0)])  # one devices frame
+    cache: dict = {}
+    first = render_fleet(state, cache)
+    layout = cache["layout"]
+    lv.update(readings([(NOW - 4, "DC01", "gun1_power_kw", 20.0)]))
+    second = render_fleet(replace(state, latest=lv.snapshot()), cache)
+    assert cache["layout"] is layout  # same series: only the values were formatted again
+    assert 'gun="1"} 10000.0' in first and 'gun="1"} 20000.0' in second
+    lv.update(readings([(NOW - 3, "DC01", "gun2_power_kw", 5.0)]))
+    third = render_fleet(replace(state, latest=lv.snapshot()), cache)
+    assert cache["layout"] is not layout and 'gun="2"} 5000.0' in third
+    # The cached path and a fresh render agree line for line.
+    assert third == render_fleet(replace(state, latest=lv.snapshot()))
