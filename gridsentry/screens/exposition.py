@@ -131,6 +131,7 @@ class FleetState:
     now: float
     reading_max_age_s: float
     offline_after_intervals: float
+    devices_version: int | None = None  # changes whenever `devices` does; None: the frame's identity stands in
 
 
 def family_table(families: Iterable[ReadingFamily]) -> pl.DataFrame:
@@ -186,7 +187,7 @@ class SeriesLayout:
     Valid while the latest-values frame keeps its rows (LatestValues never moves a key) and has the same height.
     """
 
-    key: tuple[int, int]  # (rows of the latest-values frame, identity of the devices frame)
+    key: tuple[int, int]  # (rows of the latest-values frame, version of the devices frame)
     row: pl.Series  # row of the latest-values frame, in output order
     family: pl.Series
     prefix: pl.Series  # 'family{site="..",kind="..",device="..",gun="1"} '
@@ -224,9 +225,12 @@ def series_layout(state: FleetState, devices: pl.DataFrame) -> SeriesLayout:
         )
         .collect()
     )
-    return SeriesLayout(
-        (state.latest.height, id(state.devices)), frame["row"], frame["family"], frame["prefix"], frame["scale"]
-    )
+    return SeriesLayout(_layout_key(state), frame["row"], frame["family"], frame["prefix"], frame["scale"])
+
+
+def _layout_key(state: FleetState) -> tuple[int, int]:
+    version = state.devices_version if state.devices_version is not None else id(state.devices)
+    return (state.latest.height, version)
 
 
 def _reading_lines(state: FleetState, layout: SeriesLayout) -> pl.DataFrame:
@@ -299,7 +303,7 @@ def render_fleet(state: FleetState, cache: dict[str, SeriesLayout] | None = None
     out: list[str] = []
     devices = device_table(state)
     layout = cache.get("layout") if cache is not None else None
-    if layout is None or layout.key != (state.latest.height, id(state.devices)):
+    if layout is None or layout.key != _layout_key(state):
         layout = series_layout(state, devices)
         if cache is not None:
             cache["layout"] = layout

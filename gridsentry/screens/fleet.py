@@ -51,6 +51,7 @@ class ScreensView:
         self._alerts: tuple[float, pl.DataFrame] | None = None
         self._kpis: tuple[float, list[tuple[object, ...]]] | None = None
         self._devices: tuple[int, pl.DataFrame] | None = None
+        self._devices_version = 0
         self._render_lock = threading.Lock()
         self._layout_cache: dict[str, exposition.SeriesLayout] = {}
         self._rendered: tuple[int, int, str] | None = None  # (state version, second, text)
@@ -74,6 +75,7 @@ class ScreensView:
             rows["rated_kw"].append(d.rated_kw if d else None)
         frame = pl.DataFrame(rows, schema=DEVICE_SCHEMA)
         self._devices = (known_count, frame)
+        self._devices_version += 1
         return frame
 
     def open_alerts_detail(self, max_age_s: float = _ALERTS_CACHE_S) -> pl.DataFrame:
@@ -122,6 +124,7 @@ class ScreensView:
             now=time.time(),
             reading_max_age_s=self.cfg.reading_max_age_s,
             offline_after_intervals=self.cfg.offline_after_intervals,
+            devices_version=self._devices_version,
         )
 
     # --- /metrics --------------------------------------------------------------------------------------------
