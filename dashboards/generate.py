@@ -661,6 +661,49 @@ def alerts_sla() -> dashboard.Dashboard:
             "none",
         )
     )
+    d = d.with_row(dashboard.Row("考核指标 KPIs of the O&M standard, last 30 days"))
+    kpi = "gridsentry_alerts_kpi"
+    d = d.with_panel(
+        bar_panel(
+            "服务响应及时率 Response timeliness rate",
+            [Q(f"{kpi}_response_timeliness_ratio", "Class {{event_class}}", instant=True)],
+            "percentunit",
+            w=6,
+            max_value=1,
+            thresholds=_thresholds((None, "red"), (0.9, "orange"), (0.98, "green")),
+            description="Alerts acknowledged within 5 minutes / alerts whose 5 minutes are over or that were acknowledged.",
+        )
+    )
+    d = d.with_panel(
+        bar_panel(
+            "事件解决率 Resolution rate",
+            [Q(f"{kpi}_resolution_ratio", "Class {{event_class}}", instant=True)],
+            "percentunit",
+            w=6,
+            max_value=1,
+            thresholds=_thresholds((None, "red"), (0.85, "green")),
+            description="Resolved or closed / raised; the standard recommends 85-100 %.",
+        )
+    )
+    d = d.with_panel(
+        bar_panel(
+            "MTTA 平均响应时间",
+            [Q(f"{kpi}_mean_time_to_acknowledge_seconds", "Class {{event_class}}", instant=True)],
+            "s",
+            w=6,
+            thresholds=_thresholds((None, "green"), (300, "red")),
+            description="Mean time from raised to acknowledged; the standard asks for a response within 5 minutes.",
+        )
+    )
+    d = d.with_panel(
+        bar_panel(
+            "MTTR 平均修复时间",
+            [Q(f"{kpi}_mean_time_to_resolve_seconds", "Class {{event_class}}", instant=True)],
+            "s",
+            w=6,
+            description="Mean time from raised to resolved or closed (restore within 12 h class I, 6 h II, 4 h III).",
+        )
+    )
     return d.with_panel(
         ts_panel(
             "告警产生与恢复 Raised and resolved per hour",

@@ -22,7 +22,7 @@ from alerts.metrics import AlertStageCollector
 from collector.modbus.metrics import modbus_metrics
 from gridsentry import __version__
 from gridsentry.history_metrics import history_metrics
-from gridsentry.screens.alerts import alert_families
+from gridsentry.screens.alerts import alert_families, kpi_families
 
 if TYPE_CHECKING:
     from gridsentry.service import Service
@@ -153,6 +153,7 @@ class ServiceCollector(Collector):
         c.add_metric([], s.alerts.raised)
         yield c
         yield from alert_families(s.screens.open_alerts_detail(), time.time())
+        yield from kpi_families(s.screens.alert_kpis())
 
     def _screens(self) -> Iterator[Metric]:
         yield GaugeMetricFamily(
@@ -160,6 +161,13 @@ class ServiceCollector(Collector):
             "Fleet series (readings and device states) served on the last scrape",
             value=self.s.screens.series_served,
         )
+        c = CounterMetricFamily(
+            "gridsentry_scrape_fleet_render_failures",
+            "Scrapes served without the fleet families (see the log)",
+            labels=[],
+        )
+        c.add_metric([], self.s.screens.render_failures)
+        yield c
         yield GaugeMetricFamily(
             "gridsentry_scrape_fleet_render_seconds",
             "Time to render the fleet families on the last scrape",
@@ -245,4 +253,11 @@ def build_registry(service: Service) -> Instruments:
 
 def render_metrics(service: Service) -> bytes:
     """The whole /metrics body: health families from the registry, then the fleet (rendered column-wise)."""
-    return generate_latest(service.registry) + service.screens.render_fleet().encode()
+    health = generate_latest(service.registry)
+    try:
+        fleet = service.screens.render_fleet()
+    except Exception:  # the health families still reach Prometheus, and the failure is counted there
+        service.screens.render_failures += 1
+        log.exception("/metrics: the fleet families are left out of this scrape")
+        fleet = ""
+    return health + fleet.encode()

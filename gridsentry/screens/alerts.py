@@ -91,3 +91,67 @@ def alert_families(open_alerts: pl.DataFrame, now: float) -> Iterator[Metric]:
         for d in BREACH_DEADLINES:
             breached.add_metric([cls, d], breaches[(cls, d)])
     yield from (by_class, unacked, breached, due)
+
+
+#: The O&M standard's KPIs (seeds/000 §8.2-8.4) over a rolling window, per event class. An alert counts for the
+#: response rate once its outcome is known (acknowledged, or its 5 minutes are over); "solved" means resolved
+#: (condition cleared) or closed.
+KPI_WINDOW_DAYS = 30
+KPI_SQL = f"""
+SELECT event_class,
+       count(*) AS raised,
+       count(*) FILTER (WHERE acknowledged_at IS NOT NULL OR ack_due < now()) AS response_decided,
+       count(*) FILTER (WHERE acknowledged_at IS NOT NULL AND acknowledged_at <= ack_due) AS responded_in_time,
+       count(*) FILTER (WHERE resolved_at IS NOT NULL OR closed_at IS NOT NULL) AS solved,
+       avg(epoch(acknowledged_at) - epoch(created_at)) FILTER (WHERE acknowledged_at IS NOT NULL) AS mtta_s,
+       avg(epoch(coalesce(resolved_at, closed_at)) - epoch(created_at))
+           FILTER (WHERE resolved_at IS NOT NULL OR closed_at IS NOT NULL) AS mttr_s
+FROM alerts
+WHERE created_at >= now() - INTERVAL {KPI_WINDOW_DAYS} DAY
+GROUP BY event_class ORDER BY event_class
+"""
+
+
+def kpi_families(rows: list[tuple[object, ...]]) -> Iterator[Metric]:
+    """rows: KPI_SQL's result. Ratios and means appear only for classes where they are defined."""
+    window = f"alerts raised in the last {KPI_WINDOW_DAYS} days"
+    raised = GaugeMetricFamily(
+        "gridsentry_alerts_kpi_raised", f"Number of {window}, by event class", labels=["event_class"]
+    )
+    timely = GaugeMetricFamily(
+        "gridsentry_alerts_kpi_response_timeliness_ratio",
+        f"Service response timeliness rate (responded within 5 min / responses due) of {window}",
+        labels=["event_class"],
+    )
+    solved = GaugeMetricFamily(
+        "gridsentry_alerts_kpi_resolution_ratio",
+        f"Event resolution rate (resolved or closed / raised) of {window}; the standard recommends 85-100 %",
+        labels=["event_class"],
+    )
+    mtta = GaugeMetricFamily(
+        "gridsentry_alerts_kpi_mean_time_to_acknowledge_seconds",
+        f"Mean time from raised to acknowledged (MTTA) of the acknowledged {window}",
+        labels=["event_class"],
+    )
+    mttr = GaugeMetricFamily(
+        "gridsentry_alerts_kpi_mean_time_to_resolve_seconds",
+        f"Mean time from raised to resolved or closed (MTTR) of the solved {window}",
+        labels=["event_class"],
+    )
+    seen = set()
+    for cls, n, decided, in_time, n_solved, mtta_s, mttr_s in rows:
+        label = [str(cls)]
+        seen.add(str(cls))
+        raised.add_metric(label, float(n))  # type: ignore[arg-type]
+        if decided:
+            timely.add_metric(label, float(in_time) / float(decided))  # type: ignore[arg-type]
+        if n:
+            solved.add_metric(label, float(n_solved) / float(n))  # type: ignore[arg-type]
+        if mtta_s is not None:
+            mtta.add_metric(label, float(mtta_s))  # type: ignore[arg-type]
+        if mttr_s is not None:
+            mttr.add_metric(label, float(mttr_s))  # type: ignore[arg-type]
+    for cls in EVENT_CLASSES:
+        if cls not in seen:
+            raised.add_metric([cls], 0.0)
+    yield from (raised, timely, solved, mtta, mttr)

@@ -131,6 +131,7 @@ class FleetState:
     now: float
     reading_max_age_s: float
     offline_after_intervals: float
+    devices_version: int | None = None  # changes whenever `devices` does; None: the frame's identity stands in
 
 
 def family_table(families: Iterable[ReadingFamily]) -> pl.DataFrame:
@@ -171,8 +172,84 @@ def _readings(state: FleetState, devices: pl.DataFrame) -> pl.DataFrame:
             pl.col("family").fill_null(UNCATALOGUED_FAMILY),
             (pl.col("value") * pl.col("scale").fill_null(1.0)).alias("value"),
             # One integer to sort by (family, index, then site and device): far cheaper than four string keys.
-            (pl.col("rank").fill_null(0) * (1 << 32) + pl.col("order").fill_null(0).cast(pl.UInt64)).alias("sort_key"),
+            (pl.col("rank").fill_null(fams.height) * (1 << 32) + pl.col("order").fill_null(0).cast(pl.UInt64)).alias(
+                "sort_key"
+            ),
         )
+        .collect()
+    )
+
+
+@dataclass(frozen=True)
+class SeriesLayout:
+    """Each series' text up to its value, in output order: rebuilt only when a series or a device appears.
+
+    Valid while the latest-values frame keeps its rows (LatestValues never moves a key) and has the same height.
+    """
+
+    key: tuple[int, int]  # (rows of the latest-values frame, version of the devices frame)
+    row: pl.Series  # row of the latest-values frame, in output order
+    family: pl.Series
+    prefix: pl.Series  # 'family{site="..",kind="..",device="..",gun="1"} '
+    scale: pl.Series
+
+
+def series_layout(state: FleetState, devices: pl.DataFrame) -> SeriesLayout:
+    fams = family_table(state.families.values())
+    uncatalogued = pl.col("family").is_null()
+    frame = (
+        state.latest.lazy()
+        .select("device_id", "metric")
+        .with_row_index("row")
+        .join(devices.lazy().select("device_id", "labels", "order"), on="device_id", how="left")
+        .join(fams.lazy(), on="metric", how="left")
+        .with_columns(
+            pl.when(uncatalogued)
+            .then(pl.concat_str([pl.lit(',metric="'), _esc(pl.col("metric")), pl.lit('"')]))
+            .otherwise(pl.col("index_part"))
+            .alias("index_part"),
+            pl.col("family").fill_null(UNCATALOGUED_FAMILY),
+            pl.col("scale").fill_null(1.0),
+            (pl.col("rank").fill_null(fams.height) * (1 << 32) + pl.col("order").fill_null(0).cast(pl.UInt64)).alias(
+                "sort_key"
+            ),
+        )
+        .sort("sort_key", "metric")
+        .select(
+            "row",
+            "family",
+            "scale",
+            pl.concat_str([pl.col("family"), pl.lit("{"), pl.col("labels"), pl.col("index_part"), pl.lit("} ")]).alias(
+                "prefix"
+            ),
+        )
+        .collect()
+    )
+    return SeriesLayout(_layout_key(state), frame["row"], frame["family"], frame["prefix"], frame["scale"])
+
+
+def _layout_key(state: FleetState) -> tuple[int, int]:
+    version = state.devices_version if state.devices_version is not None else id(state.devices)
+    return (state.latest.height, version)
+
+
+def _reading_lines(state: FleetState, layout: SeriesLayout) -> pl.DataFrame:
+    """family -> its lines, joined: the per-scrape work is the values, the age filter and the text."""
+    cutoff_us = int((state.now - state.reading_max_age_s) * 1e6)
+    return (
+        pl.DataFrame(
+            {
+                "family": layout.family,
+                "prefix": layout.prefix,
+                "value": state.latest["value"].gather(layout.row) * layout.scale,
+                "ts": state.latest["ts"].dt.epoch("us").gather(layout.row),
+            }
+        )
+        .lazy()
+        .filter(pl.col("ts") >= cutoff_us)
+        .select("family", pl.concat_str([pl.col("prefix"), _value_text(pl.col("value"))]).alias("line"))
+        .group_by("family", maintain_order=True)
+        .agg(pl.col("line").str.join("\n"))
         .collect()
     )
 
@@ -217,46 +294,23 @@ def device_table(state: FleetState) -> pl.DataFrame:
 _DEV_LABELS = (("site", pl.col("site")), ("kind", pl.col("kind")), ("device", pl.col("device_id")))
 
 
-def _family_lines(frame: pl.DataFrame, index_part: pl.Expr) -> pl.DataFrame:
-    # Catalogued series have unique sort keys; uncatalogued ones share rank 0 and are told apart by name.
-    keys = ["sort_key", "metric"] if frame["uncatalogued"].any() else ["sort_key"]
-    return (
-        frame.lazy()
-        .sort(keys)
-        .select(
-            "family",
-            pl.concat_str(
-                [
-                    pl.col("family"),
-                    pl.lit("{"),
-                    pl.col("labels"),
-                    index_part,
-                    pl.lit("} "),
-                    _value_text(pl.col("value")),
-                ]
-            ).alias("line"),
-        )
-        .group_by("family", maintain_order=True)
-        .agg(pl.col("line").str.join("\n"))
-        .collect()
-    )
+def render_fleet(state: FleetState, cache: dict[str, SeriesLayout] | None = None) -> str:
+    """The fleet families in the Prometheus text format (version 0.0.4).
 
-
-def render_fleet(state: FleetState) -> str:
-    """The fleet families in the Prometheus text format (version 0.0.4)."""
+    `cache` (any dict kept by the caller between scrapes) holds the series layout, so a scrape whose series and
+    devices did not change only formats values.
+    """
     out: list[str] = []
     devices = device_table(state)
-    readings = _readings(state, devices)
+    layout = cache.get("layout") if cache is not None else None
+    if layout is None or layout.key != _layout_key(state):
+        layout = series_layout(state, devices)
+        if cache is not None:
+            cache["layout"] = layout
     help_of = {f.family: f.help for f in state.families.values()}
     help_of[UNCATALOGUED_FAMILY] = UNCATALOGUED_DOC.help
-    catalogued = readings.filter(~pl.col("uncatalogued"))
-    others = readings.filter(pl.col("uncatalogued"))
-    parts = [_family_lines(catalogued, pl.col("index_part"))] if catalogued.height else []
-    if others.height:
-        parts.append(_family_lines(others, pl.concat_str([pl.lit(',metric="'), _esc(pl.col("metric")), pl.lit('"')])))
-    for lines in parts:
-        for family, body in lines.iter_rows():
-            _emit(out, family, help_of.get(family, ""), body)
+    for family, body in _reading_lines(state, layout).iter_rows():
+        _emit(out, family, help_of.get(family, ""), body)
     if devices.height:
         out.extend(_device_families(devices, state))
     return "".join(out)

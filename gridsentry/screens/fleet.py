@@ -14,7 +14,7 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from gridsentry.screens import exposition
-from gridsentry.screens.alerts import EVENT_CLASSES, OPEN_ALERTS_SCHEMA, OPEN_ALERTS_SQL
+from gridsentry.screens.alerts import EVENT_CLASSES, KPI_SQL, OPEN_ALERTS_SCHEMA, OPEN_ALERTS_SQL
 from gridsentry.screens.exposition import DEVICE_SCHEMA, DEVICE_STATES, FleetState
 from gridsentry.screens.latest import LatestValues
 from gridsentry.screens.naming import ReadingFamily, reading_families
@@ -32,6 +32,7 @@ TRANSFORMER_LOAD_METRIC = "load_kva"
 TRANSFORMER_FACTOR_METRIC = "load_factor"
 HOT_SPOT_METRIC = "hot_spot_temp_c"
 _ALERTS_CACHE_S = 1.0
+_KPI_CACHE_S = 5.0
 
 
 class ScreensView:
@@ -45,10 +46,14 @@ class ScreensView:
         self.series_served = 0
         self.series_held = 0
         self.last_render_seconds = 0.0
+        self.render_failures = 0
         self._alerts_lock = threading.Lock()
         self._alerts: tuple[float, pl.DataFrame] | None = None
+        self._kpis: tuple[float, list[tuple[object, ...]]] | None = None
         self._devices: tuple[int, pl.DataFrame] | None = None
+        self._devices_version = 0
         self._render_lock = threading.Lock()
+        self._layout_cache: dict[str, exposition.SeriesLayout] = {}
         self._rendered: tuple[int, int, str] | None = None  # (state version, second, text)
 
     # --- inputs ------------------------------------------------------------------------------------------
@@ -70,6 +75,7 @@ class ScreensView:
             rows["rated_kw"].append(d.rated_kw if d else None)
         frame = pl.DataFrame(rows, schema=DEVICE_SCHEMA)
         self._devices = (known_count, frame)
+        self._devices_version += 1
         return frame
 
     def open_alerts_detail(self, max_age_s: float = _ALERTS_CACHE_S) -> pl.DataFrame:
@@ -89,6 +95,20 @@ class ScreensView:
             self._alerts = (now, frame)
             return frame
 
+    def alert_kpis(self) -> list[tuple[object, ...]]:
+        """The standard's KPIs per event class (gridsentry.screens.alerts.KPI_SQL), read at most every 5 s."""
+        with self._alerts_lock:
+            now = time.monotonic()
+            if self._kpis is not None and now - self._kpis[0] < _KPI_CACHE_S:
+                return self._kpis[1]
+            con = self._service.writer.reader()
+            try:
+                rows = [tuple(r) for r in con.execute(KPI_SQL).fetchall()]
+            finally:
+                con.close()
+            self._kpis = (now, rows)
+            return rows
+
     def state(self, alerts_max_age_s: float = _ALERTS_CACHE_S) -> FleetState:
         try:
             detail = self.open_alerts_detail(alerts_max_age_s)
@@ -104,6 +124,7 @@ class ScreensView:
             now=time.time(),
             reading_max_age_s=self.cfg.reading_max_age_s,
             offline_after_intervals=self.cfg.offline_after_intervals,
+            devices_version=self._devices_version,
         )
 
     # --- /metrics --------------------------------------------------------------------------------------------
@@ -115,7 +136,7 @@ class ScreensView:
                 return self._rendered[2]
             t0 = time.perf_counter()
             state = self.state()
-            text = exposition.render_fleet(state)
+            text = exposition.render_fleet(state, self._layout_cache)
             self.last_render_seconds = time.perf_counter() - t0
             self.series_held = state.latest.height
             self.series_served = text.count("\n") - 2 * text.count("# TYPE ")

@@ -23,6 +23,7 @@ LATEST_SCHEMA = pl.Schema(
     }
 )
 _COLUMNS = list(LATEST_SCHEMA)
+_KEYS = ["device_id", "metric"]
 
 
 class LatestValues:
@@ -60,7 +61,7 @@ class LatestValues:
                 self._folding = False
 
     def snapshot(self) -> pl.DataFrame:
-        """The current state: one row per (device_id, metric)."""
+        """The current state: one row per (device_id, metric), each key at the row it first got."""
         with self._fold_lock:
             with self._lock:
                 pending, self._pending, self._pending_rows = self._pending, [], 0
@@ -68,12 +69,21 @@ class LatestValues:
             if not pending:
                 return frame
             fresh = pl.DataFrame(pa.concat_tables(pending, promote_options="permissive")).cast(LATEST_SCHEMA)
-            # Stable sort by time, then keep the last row per key: the newest reading wins and, at equal
-            # timestamps, the one committed last.
-            merged = (
-                pl.concat([frame, fresh])
-                .sort("ts", maintain_order=True)
-                .unique(subset=["device_id", "metric"], keep="last", maintain_order=False)
+            # The newest of the pending readings per key (at equal timestamps the one committed last); held values
+            # are replaced in place only by readings not older than them (a late reading never wins), and new keys
+            # are appended. Rows never move, so the exposition can keep its per-series text between scrapes.
+            fresh = fresh.sort("ts", maintain_order=True).unique(subset=_KEYS, keep="last")
+            located = fresh.join(frame.select(_KEYS).with_row_index("row"), on=_KEYS, how="left")
+            held = located.filter(pl.col("row").is_not_null())
+            held = held.filter(pl.col("ts") >= frame["ts"].gather(held["row"]))
+            columns = {name: frame[name] for name in _KEYS}
+            for name in ("ts", "value", "quality"):
+                column = frame[name].clone()
+                if held.height:
+                    column.scatter(held["row"], held[name])
+                columns[name] = column
+            merged = pl.concat(
+                [pl.DataFrame(columns), located.filter(pl.col("row").is_null()).select(_COLUMNS)], how="vertical"
             )
             with self._lock:
                 self._frame = merged

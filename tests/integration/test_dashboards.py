@@ -172,9 +172,25 @@ async def test_every_dashboard_query_returns_data_from_prometheus(tmp_path: Path
                 publish.single, "gridsentry/demo/AC01/telemetry", b"{not json", qos=1, port=mosquitto.port
             )
             await wait_until(
-                lambda: _has(prom.query(http, "sum(gridsentry_alerts_open) > 0")),
+                lambda: _has(prom.query(http, "sum(gridsentry_alerts_open) >= 2")),
                 90,
                 "the fault's alerts in Prometheus",
+            )
+            # An operator acknowledges one alert and closes the other, so every KPI of the standard is defined.
+            operator = {t.role: t.token for t in cfg.auth.tokens}["operator"]
+            assert operator is not None
+            headers = {"authorization": f"Bearer {operator.get_secret_value()}"}
+            open_alerts = (await http.get(f"{service.http_url}/api/alerts", headers=headers)).json()
+            assert len(open_alerts) >= 2, open_alerts
+            ack = await http.post(f"{service.http_url}/api/alerts/{open_alerts[0]['alert_id']}/ack", headers=headers)
+            close = await http.post(
+                f"{service.http_url}/api/alerts/{open_alerts[1]['alert_id']}/close", headers=headers
+            )
+            assert ack.status_code == 200 and close.status_code == 200, (ack.text, close.text)
+            await wait_until(
+                lambda: _has(prom.query(http, "gridsentry_alerts_kpi_mean_time_to_resolve_seconds")),
+                30,
+                "the KPIs after an acknowledgement and a close",
             )
             await wait_until(
                 lambda: _has(prom.query(http, "device:gridsentry_inverter_efficiency:ratio")),

@@ -223,3 +223,121 @@ def test_sla_families_count_breaches_and_expose_pending_deadlines():
     }
     # An acknowledged alert has no acknowledgement deadline left to count down to.
     assert ("2", "ack") not in deadlines and ("1", "ack") in deadlines and ("2", "restore") in deadlines
+
+
+def test_a_failing_fleet_render_leaves_the_health_families_and_is_counted(caplog: pytest.LogCaptureFixture):
+    from types import SimpleNamespace
+
+    from prometheus_client.core import GaugeMetricFamily
+
+    from gridsentry.exporter import render_metrics
+
+    def broken() -> str:
+        raise RuntimeError("polars blew up")
+
+    class Health:
+        def collect(self):
+            yield GaugeMetricFamily("gridsentry_up_for_test", "h", value=1)
+
+    registry = CollectorRegistry()
+    registry.register(Health())
+    service = SimpleNamespace(registry=registry, screens=SimpleNamespace(render_fleet=broken, render_failures=0))
+    body = render_metrics(service).decode()  # type: ignore[arg-type]
+    assert "gridsentry_up_for_test 1.0" in body
+    assert service.screens.render_failures == 1
+    assert "fleet families are left out" in caplog.text
+
+
+def test_latest_values_agree_with_a_plain_dict_over_random_commit_orders():
+    import random
+
+    rng = random.Random(8)
+    for _ in range(20):
+        lv = LatestValues(fold_after_rows=10**9)
+        expected: dict[tuple[str, str], tuple[float, int]] = {}
+        seq = 0
+        for _batch in range(rng.randint(1, 8)):
+            rows = []
+            for _ in range(rng.randint(1, 40)):
+                key = (f"D{rng.randint(0, 4)}", f"m{rng.randint(0, 3)}")
+                ts = NOW + rng.randint(0, 20)
+                seq += 1
+                rows.append((ts, key[0], key[1], float(seq)))
+                held = expected.get(key)
+                if held is None or ts >= held[0]:  # newest wins; a tie goes to the later commit
+                    expected[key] = (ts, seq)
+            lv.update(readings(rows))
+            if rng.random() < 0.5:
+                lv.snapshot()
+        got = {(d, m): v for d, m, v in lv.snapshot().select("device_id", "metric", "value").rows()}
+        assert got == {k: float(v[1]) for k, v in expected.items()}
+
+
+def test_kpis_of_the_standard_per_event_class():
+    import duckdb
+
+    from gridsentry.screens.alerts import KPI_SQL, kpi_families
+
+    con = duckdb.connect()
+    con.execute(
+        "CREATE TABLE alerts (event_class VARCHAR, created_at TIMESTAMPTZ, ack_due TIMESTAMPTZ, "
+        "acknowledged_at TIMESTAMPTZ, resolved_at TIMESTAMPTZ, closed_at TIMESTAMPTZ)"
+    )
+    rows = [
+        # class I: acked after 2 min (in time), resolved after 1 h
+        ("I", "-60 minutes", "-55 minutes", "-58 minutes", "0 minutes", None),
+        # class I: acked after 10 min (late), still open
+        ("I", "-30 minutes", "-25 minutes", "-20 minutes", None, None),
+        # class I: raised a minute ago, nobody acked yet, still inside its 5 minutes: not counted for the response rate
+        ("I", "-1 minutes", "4 minutes", None, None, None),
+        # class II: never acked, 5 minutes over, closed after 2 h
+        ("II", "-120 minutes", "-115 minutes", None, None, "0 minutes"),
+        # older than the 30-day window: ignored
+        ("III", "-40 days", "-40 days", None, None, None),
+    ]
+    for cls, *times in rows:
+        values = ", ".join("NULL" if t is None else f"now() + INTERVAL '{t}'" for t in times)
+        con.execute(f"INSERT INTO alerts VALUES ('{cls}', {values})")
+    got = {}
+    for fam in kpi_families([tuple(r) for r in con.execute(KPI_SQL).fetchall()]):
+        for s in fam.samples:
+            got[(s.name, s.labels["event_class"])] = s.value
+    assert got[("gridsentry_alerts_kpi_raised", "I")] == 3 and got[("gridsentry_alerts_kpi_raised", "III")] == 0
+    assert got[("gridsentry_alerts_kpi_response_timeliness_ratio", "I")] == pytest.approx(1 / 2)
+    assert got[("gridsentry_alerts_kpi_response_timeliness_ratio", "II")] == 0.0
+    assert got[("gridsentry_alerts_kpi_resolution_ratio", "I")] == pytest.approx(1 / 3)
+    assert got[("gridsentry_alerts_kpi_resolution_ratio", "II")] == 1.0
+    assert got[("gridsentry_alerts_kpi_mean_time_to_acknowledge_seconds", "I")] == pytest.approx((120 + 600) / 2, abs=1)
+    assert got[("gridsentry_alerts_kpi_mean_time_to_resolve_seconds", "II")] == pytest.approx(7200, abs=1)
+    assert ("gridsentry_alerts_kpi_mean_time_to_acknowledge_seconds", "II") not in got  # undefined, not 0
+
+
+def test_latest_values_keep_each_key_at_its_row():
+    lv = LatestValues()
+    lv.update(readings([(NOW, "A", "m1", 1.0), (NOW, "B", "m1", 2.0)]))
+    first = lv.snapshot().select("device_id", "metric").rows()
+    lv.update(readings([(NOW + 1, "C", "m1", 3.0), (NOW + 1, "A", "m1", 4.0), (NOW - 9, "B", "m1", 0.0)]))
+    snap = lv.snapshot()
+    assert snap.select("device_id", "metric").rows()[:2] == first  # held keys stay put, new ones are appended
+    assert snap.select("device_id", "metric").rows()[2] == ("C", "m1")
+    assert dict(snap.select("device_id", "value").rows()) == {"A": 4.0, "B": 2.0, "C": 3.0}
+
+
+def test_series_layout_is_reused_until_a_series_appears():
+    from dataclasses import replace
+
+    lv = LatestValues()
+    lv.update(readings([(NOW - 5, "DC01", "gun1_power_kw", 10.0), (NOW - 5, "DC01", "vendor_x", 1.0)]))
+    state = fleet_state(lv.snapshot(), [("DC01", "hub-1", "charger_dc", 10.0, 120.0)])  # one devices frame
+    cache: dict = {}
+    first = render_fleet(state, cache)
+    layout = cache["layout"]
+    lv.update(readings([(NOW - 4, "DC01", "gun1_power_kw", 20.0)]))
+    second = render_fleet(replace(state, latest=lv.snapshot()), cache)
+    assert cache["layout"] is layout  # same series: only the values were formatted again
+    assert 'gun="1"} 10000.0' in first and 'gun="1"} 20000.0' in second
+    lv.update(readings([(NOW - 3, "DC01", "gun2_power_kw", 5.0)]))
+    third = render_fleet(replace(state, latest=lv.snapshot()), cache)
+    assert cache["layout"] is not layout and 'gun="2"} 5000.0' in third
+    # The cached path and a fresh render agree line for line.
+    assert third == render_fleet(replace(state, latest=lv.snapshot()))
