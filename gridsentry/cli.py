@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import getpass
 import io
 import json
 import logging
@@ -322,14 +323,36 @@ def _sql_on_file(cfg: Config, query: str, max_rows: int, timeout: float) -> Quer
         raise _QueryFailedError(
             f"the database {db} is locked by a running GridSentry without a runtime file ({exc})"
         ) from exc
+    t0 = time.perf_counter()
+    status = "ok"
     try:
         return run_read_query(con, query, timeout_s=timeout, max_rows=max_rows)
     except (QueryRejectedError, QueryTimeoutError) as exc:
+        status = type(exc).__name__
         raise _QueryFailedError(str(exc)) from exc
     except duckdb.Error as exc:
+        status = type(exc).__name__
         raise _QueryFailedError(f"the query failed: {exc}") from exc
     finally:
         con.close()
+        _audit_offline(cfg, query, status, time.perf_counter() - t0)
+
+
+def _audit_offline(cfg: Config, query: str, status: str, seconds: float) -> None:
+    """With the service stopped the database is opened read-only, so the audit trail is a JSON-lines file."""
+    line = {
+        "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "actor": getpass.getuser(),
+        "action": "sql (service stopped)",
+        "status": status,
+        "duration_s": round(seconds, 4),
+        "query": query[:4000],
+    }
+    try:
+        with open(cfg.data_dir / "sql-audit.jsonl", "ab") as f:
+            f.write(orjson.dumps(line) + b"\n")
+    except OSError as exc:
+        err_console.print(f"[yellow]warning:[/] could not append to {cfg.data_dir / 'sql-audit.jsonl'}: {exc}")
 
 
 def _sql_prompt(cfg: Config, output: OutputFormat, max_rows: int, timeout: float) -> None:

@@ -71,6 +71,7 @@ class Service:
             threads=cfg.storage.threads,
             allowed_directories=[cfg.history.archive_path(cfg.data_dir), cfg.history.backup_path(cfg.data_dir)],
             lock_configuration=cfg.history.sql.lock_configuration,
+            worker_nice=cfg.history.sql.nice,
         )
         self.history = HistoryJobs(self.writer, cfg.history, cfg.data_dir)
         self.sql = QueryRunner(self.writer.reader, concurrent=cfg.history.sql.concurrent, nice=cfg.history.sql.nice)

@@ -16,6 +16,7 @@ checksum and then every row count against the manifest.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -242,8 +243,6 @@ def record(con: duckdb.DuckDBPyConnection, info: BackupInfo) -> None:
 
 async def take_backup(writer: Any, backup_root: Path, archive_root: Path, kind: BackupKind) -> BackupInfo:
     """Back up the running service's database (`writer` is its StorageWriter)."""
-    import asyncio
-
     con = writer.reader()
     try:
         info = await asyncio.to_thread(create_backup, con, backup_root, archive_root, kind)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import queue
 import re
 import shutil
@@ -95,6 +96,20 @@ def open_database(
     return con
 
 
+def _thread_ids() -> set[int]:
+    try:
+        return {int(p.name) for p in Path("/proc/self/task").iterdir()}
+    except OSError:  # not Linux: priorities stay as they are
+        return set()
+
+
+def lower_priority(thread_ids: set[int], nice: int) -> None:
+    """Renice threads (Linux schedules each thread on its own); failures only cost isolation, never correctness."""
+    for tid in thread_ids:
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+
+
 def is_storage_failure(exc: BaseException) -> bool:
     """The disk or the database file failed (not a bug in one job): full disk, I/O error, failed commit."""
     text = str(exc)
@@ -139,10 +154,14 @@ class StorageWriter:
         dedupe_window: int = 200_000,
         allowed_directories: Sequence[Path] | None = None,
         lock_configuration: bool = False,
+        worker_nice: int | None = None,
     ) -> None:
         """`allowed_directories`, when given, turns external access off for the whole database except those
-        directories (the archive, backups); `lock_configuration` then forbids any later SET."""
+        directories (the archive, backups); `lock_configuration` then forbids any later SET. `worker_nice` lowers
+        the CPU priority of DuckDB's own worker threads (Linux), so engineers' queries running on them yield to
+        the writer thread, which keeps its priority and can do all of a commit's work itself."""
         self.path = path
+        self._worker_nice = worker_nice
         self._allowed_directories = allowed_directories
         self._lock_configuration = lock_configuration
         self._memory_limit = memory_limit
@@ -253,9 +272,12 @@ class StorageWriter:
 
     def _run(self) -> None:
         try:
+            before = _thread_ids()
             self._con = open_database(
                 self.path, memory_limit=self._memory_limit, threads=self._threads, quarantined=self.wal_quarantines
             )
+            if self._worker_nice is not None:
+                lower_priority(_thread_ids() - before - {threading.get_native_id()}, self._worker_nice)
         except BaseException as exc:
             self._start_error = exc
             self._started.set()

@@ -271,3 +271,23 @@ async def test_db_commands_go_through_the_running_service(tmp_path):
     )
     assert c.returncode == 0, c.stderr
     assert "ok" in c.stdout
+
+
+async def test_scheduled_backups_and_folds_run_from_config(setup):
+    w, jobs, _ = setup
+    jobs.cfg.rollup_interval_s = 0.2
+    jobs.cfg.backup.full_every_h = 2 / 3600  # every 2 s
+    jobs.cfg.backup.incremental_every_h = 0.5 / 3600
+    jobs.cfg.backup.keep_full = 1
+    w.append_sync(batch(readings(NOW - timedelta(hours=1), 10)))
+    stop = asyncio.Event()
+    task = asyncio.create_task(jobs.run(stop))
+    await asyncio.sleep(3.5)
+    stop.set()
+    await task
+    kinds = [b.kind for b in backup.list_backups(jobs.backup_root)]
+    assert kinds[0] == "full" and "incremental" in kinds, kinds
+    assert kinds.count("full") == 1, "keep_full=1 removed the older full backup and its incrementals"
+    assert jobs.stats.backups >= 3 and not jobs.stats.errors
+    assert q(w, "SELECT count(*) FROM rollup_pending") == [(0,)], "the last fold runs at stop"
+    assert q(w, "SELECT count(*) FROM rollup_1m")[0][0] == 3 * 10

@@ -81,6 +81,8 @@ def test_seed_demo_then_sql_from_the_command_line(tmp_path: Path):
         [*run, "sql", "--data-dir", str(tmp_path), "DELETE FROM readings"], capture_output=True, text=True
     )
     assert refused.returncode == 2 and "only read statements" in refused.stderr
+    audit = (tmp_path / "sql-audit.jsonl").read_text().splitlines()
+    assert len(audit) == 2 and "DELETE FROM readings" in audit[-1] and "QueryRejectedError" in audit[-1]
     parquet = tmp_path / "tx.parquet"
     out = subprocess.run(
         [*run, "sql", "--data-dir", str(tmp_path), "-f", "parquet", "-o", str(parquet), "FROM v_box_transformer"],
