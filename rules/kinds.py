@@ -192,9 +192,17 @@ def data_gap(readings: pl.LazyFrame, last_seen: pl.LazyFrame, bindings: pl.LazyF
     """A hole in the history: consecutive readings of a device further apart than k intervals."""
     allowed = pl.max_horizontal(pl.col("missed_intervals") * pl.col("interval_s"), pl.col("min_silence_s"))
     times = readings.select("device_id", "ts_us").unique()
-    previous = last_seen.select("device_id", ts_us="last_ts")
+    first_new = times.group_by("device_id").agg(first_ts=pl.col("ts_us").min())
+    # The last reading seen before only bounds a hole when it is older than what arrives now: a device's
+    # first data (its start-up stand-in is "now") or out-of-order late data opens no gap against it.
+    previous = (
+        last_seen.select("device_id", ts_us="last_ts")
+        .join(first_new, on="device_id")
+        .filter(pl.col("ts_us") <= pl.col("first_ts"))
+        .select("device_id", "ts_us")
+    )
     gaps = (
-        pl.concat([previous.join(times.select("device_id").unique(), on="device_id"), times])
+        pl.concat([previous, times])
         .unique()
         .sort("device_id", "ts_us")
         .with_columns(gap=(pl.col("ts_us") - pl.col("ts_us").shift(1).over("device_id")).cast(pl.Float64) / 1e6)

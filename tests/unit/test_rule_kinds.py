@@ -188,6 +188,21 @@ def test_data_gap_in_history():
     assert f.action == "fire" and f.value == pytest.approx(150.0)
 
 
+def test_first_data_and_late_data_open_no_gap():
+    e = make(
+        [{"id": "gap", "kind": "data_gap", "missed_intervals": 3, "min_silence": "0s"}],
+        [DeviceInfo("AC01", "s1", "charger_ac", interval_s=10), DeviceInfo("AC02", "s1", "charger_ac", interval_s=10)],
+    )
+    # A device's first readings are a year old (a data logger replaying its buffer): no hole against "now".
+    now = T0 + timedelta(days=365)
+    assert e.evaluate(rows([(s, "AC01", "voltage_v", 230.0) for s in range(0, 60, 10)]), now=now) == []
+    # AC02 reports live, then a late batch from before arrives out of order: still no hole.
+    live = [(365 * 86400 + s, "AC02", "voltage_v", 230.0) for s in range(0, 60, 10)]
+    assert e.evaluate(rows(live), now=now + timedelta(seconds=60)) == []
+    late = [(365 * 86400 - 3600 + s, "AC02", "voltage_v", 230.0) for s in range(0, 60, 10)]
+    assert e.evaluate(rows(late), now=now + timedelta(seconds=70)) == []
+
+
 def test_peer_deviation_daylight_only():
     inverters = [DeviceInfo(f"INV{i}", "s1", "pv_inverter", rated_kw=50, interval_s=60) for i in (1, 2)]
     rule = {
