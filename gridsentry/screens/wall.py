@@ -9,6 +9,7 @@ asks for a token once and keeps it in localStorage.
 from __future__ import annotations
 
 import json
+import logging
 from functools import cache
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,8 @@ from gridsentry.auth import require
 
 if TYPE_CHECKING:
     from gridsentry.service import Service
+
+log = logging.getLogger("gridsentry.screens")
 
 WALL_ALERT_LIMIT = 200
 WALL_ALERT_COLUMNS = (
@@ -87,8 +90,24 @@ def install_wall(app: FastAPI, service: Service) -> None:
             "alerts": rows[:WALL_ALERT_LIMIT],
             "alerts_truncated": len(rows) > WALL_ALERT_LIMIT,
             "fleet": service.screens.wall_fleet(),
-            "oncall_available": any(isinstance(r, APIRoute) and r.path == "/api/oncall" for r in app.routes),
+            "oncall": oncall_now(),
         }
+
+    def oncall_now() -> list[Any] | None:
+        """Who is paged now, per escalation level, from the on-call route when this server has one.
+
+        Asked here rather than by the page, so a public wall shows it without a token and the browser never
+        logs a 401 or 404 for it.
+        """
+        for route in app.routes:
+            if isinstance(route, APIRoute) and route.path == "/api/oncall" and "GET" in (route.methods or ()):
+                try:
+                    result = route.endpoint()
+                except Exception as exc:  # the wall still shows alerts and the fleet
+                    log.warning("the wall screen could not read who is on call: %s", exc)
+                    return None
+                return list(result) if isinstance(result, list) else [result]
+        return None
 
     @app.exception_handler(StarletteHTTPException)
     async def wall_login(request: Request, exc: StarletteHTTPException) -> Response:

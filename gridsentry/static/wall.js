@@ -150,21 +150,14 @@
     }
   }
 
-  async function refreshOncall(available) {
-    // Without a token, or before the on-call rota exists on this server, a request would only log a 401/404.
-    if (!available || !window.localStorage.getItem(TOKEN_KEY)) { $("oncall-name").textContent = "—"; return; }
-    try {
-      const r = await fetch("/api/oncall", { headers: headers(), cache: "no-store" });
-      if (!r.ok) { $("oncall-name").textContent = "—"; return; }
-      const data = await r.json();
-      const first = Array.isArray(data) ? data[0] : data;
-      const person = first && (first.primary || first.current || first.person || first.engineer || first);
-      const name = person && (person.name || person.person || person.engineer);
-      const phone = person && person.phone;
-      $("oncall-name").textContent = name ? name + (phone ? " · " + phone : "") : "—";
-    } catch (e) {
-      $("oncall-name").textContent = "—";
-    }
+  function renderOncall(levels) {
+    // One entry per escalation level (level 1 is paged first); absent when this server keeps no rota.
+    if (!Array.isArray(levels) || levels.length === 0) { $("oncall-name").textContent = "—"; return; }
+    const who = (p) => (p && (p.name || p.person)) || "—";
+    const first = levels[0];
+    let text = who(first) + (first && first.phone ? " · " + first.phone : "");
+    if (levels.length > 1) text += "  (2: " + who(levels[1]) + ")";
+    $("oncall-name").textContent = text;
   }
 
   async function refresh() {
@@ -181,7 +174,7 @@
       $("link").className = "link";
       $("link").title = "updated " + w.fleet.now;
       document.body.dataset.updated = w.fleet.now;
-      refreshOncall(w.oncall_available);
+      renderOncall(w.oncall);
     } catch (e) {
       $("link").className = "link down";
       $("link").title = String(e.message || e);

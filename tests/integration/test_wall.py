@@ -18,7 +18,7 @@ import pyarrow as pa
 import pytest
 from pydantic import SecretStr
 
-from gridsentry.auth import AuthConfig, TokenConfig, new_token
+from gridsentry.auth import AuthConfig, TokenConfig, new_token, require
 from gridsentry.config import Config, DeviceConfig
 from gridsentry.service import Service
 from storage.batch import IngestBatch
@@ -105,6 +105,16 @@ async def test_wall_shows_the_fleet_and_a_new_alert_without_reload(tmp_path: Pat
     ARTIFACTS.mkdir(exist_ok=True)
     service = await start(tmp_path, public=True)
     errors: list[str] = []
+
+    # The rota lives with the alerts stage; its route's answer (one entry per escalation level) is what the wall
+    # shows, even to a browser without a token.
+    @service.app.get("/api/oncall", dependencies=[require("viewer")])
+    def oncall() -> list[dict]:
+        return [
+            {"level": 1, "person": "li.wei", "name": "Li Wei 李伟", "phone": "+86 138 0000 0001"},
+            {"level": 2, "person": "boss", "name": "Zhang Min", "phone": None},
+        ]
+
     try:
         await service.store(normal_readings(time.time()))
         async with async_playwright() as p:
@@ -122,6 +132,7 @@ async def test_wall_shows_the_fleet_and_a_new_alert_without_reload(tmp_path: Pat
             assert "48 %" in (await page.text_content("#trafo-unit") or "")
             assert await page.locator('.tile.online[data-device="TX01"]').count() == 1
             assert await page.locator('.tile.never_seen[data-device="AC09"]').count() == 1
+            assert await page.text_content("#oncall-name") == "Li Wei 李伟 · +86 138 0000 0001  (2: Zhang Min)"
             await page.screenshot(path=str(ARTIFACTS / "wall-calm.png"))
 
             # DC01's gun 1 runs at 95 °C for 40 s: the built-in pack raises class II (> 80) and class I (> 90).
