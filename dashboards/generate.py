@@ -830,6 +830,33 @@ def pipeline() -> dashboard.Dashboard:
     )
     d = d.with_panel(
         ts_panel(
+            "Modbus 链路 Modbus links",
+            [
+                Q("sum(gridsentry_modbus_device_up) or vector(0)", "devices answering"),
+                Q("count(gridsentry_modbus_device_up == 0) or vector(0)", "devices not answering"),
+                Q(f"sum by (kind) (rate(gridsentry_modbus_errors_total[{rate}])) or vector(0)", "errors/s {{kind}}"),
+            ],
+            "none",
+            description="Polled Modbus devices answering or not, and request errors by kind (timeout, connection, exception_NN, decode).",
+        )
+    )
+    d = d.with_panel(
+        ts_panel(
+            "通知 Notifications",
+            [
+                Q(f"sum(rate(gridsentry_notifications_sent_total[{rate}])) or vector(0)", "delivered/s"),
+                Q(
+                    f"sum(rate(gridsentry_notifications_attempt_failures_total[{rate}])) or vector(0)",
+                    "failed attempts/s",
+                ),
+                Q("sum(gridsentry_notifications_pending) or vector(0)", "waiting in the outbox"),
+            ],
+            "none",
+            description="Alert notifications delivered, failed attempts (retried with backoff) and the outbox backlog.",
+        )
+    )
+    d = d.with_panel(
+        ts_panel(
             "抓取代价 Scrape cost",
             [
                 Q("gridsentry_scrape_fleet_render_seconds", "fleet render (s)"),
