@@ -23,13 +23,13 @@ import httpx
 import paho.mqtt.client as paho
 import pytest
 
-from tests.conftest import MosquittoBroker, api_headers
+from tests.conftest import SENTINELS, MosquittoBroker, api_headers
 from tests.integration.alert_sinks import WebhookSink
 from tests.integration.test_crash import start
 
 pytestmark = pytest.mark.integration
 
-SECRET = "a1-webhook-secret"
+SECRET = SENTINELS["webhook token"]  # a sentinel: the session-end scan fails if it leaks
 T0 = int(time.time()) - 600  # recent: older readings are flagged stale and rules skip them
 
 
