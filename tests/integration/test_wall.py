@@ -18,7 +18,8 @@ import pyarrow as pa
 import pytest
 from pydantic import SecretStr
 
-from gridsentry.auth import AuthConfig, TokenConfig, new_token, require
+from alerts.settings import AlertsConfig
+from gridsentry.auth import AuthConfig, TokenConfig, new_token
 from gridsentry.config import Config, DeviceConfig
 from gridsentry.service import Service
 from storage.batch import IngestBatch
@@ -72,6 +73,22 @@ async def start(tmp_path: Path, public: bool) -> Service:
     cfg.mqtt.enabled = False
     cfg.rules.tick_ms = 100
     cfg.screens.wall.refresh_s = 1
+    # A real rota: the wall shows what the alert stage's /api/oncall says, even to a browser without a token.
+    cfg.alerts = AlertsConfig.model_validate(
+        {
+            "oncall": {
+                "people": [
+                    {"id": "li.wei", "name": "Li Wei 李伟", "phone": "+86 138 0000 0001"},
+                    {"id": "zhang.min", "name": "Zhang Min"},
+                ],
+                "rotas": [{"name": "engineers", "people": ["li.wei"]}, {"name": "managers", "people": ["zhang.min"]}],
+            },
+            "escalation": [
+                {"name": "on-call engineer", "rota": "engineers", "after": "0m"},
+                {"name": "manager", "rota": "managers", "after": "30m"},
+            ],
+        }
+    )
     cfg.auth = AuthConfig(
         tokens=[TokenConfig(name="wall-desk", role="viewer", token=SecretStr(VIEWER))],
         public=["wall"] if public else [],
@@ -105,15 +122,6 @@ async def test_wall_shows_the_fleet_and_a_new_alert_without_reload(tmp_path: Pat
     ARTIFACTS.mkdir(exist_ok=True)
     service = await start(tmp_path, public=True)
     errors: list[str] = []
-
-    # The rota lives with the alerts stage; its route's answer (one entry per escalation level) is what the wall
-    # shows, even to a browser without a token.
-    @service.app.get("/api/oncall", dependencies=[require("viewer")])
-    def oncall() -> list[dict]:
-        return [
-            {"level": 1, "person": "li.wei", "name": "Li Wei 李伟", "phone": "+86 138 0000 0001"},
-            {"level": 2, "person": "boss", "name": "Zhang Min", "phone": None},
-        ]
 
     try:
         await service.store(normal_readings(time.time()))
