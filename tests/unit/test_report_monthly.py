@@ -4,12 +4,16 @@ log and the fault events it published), not through the report code."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import duckdb
 import orjson
 import pytest
+from typer.testing import CliRunner
 
+from gridsentry.cli import app
+from gridsentry.config import Config
 from gridsentry.demo_history import seed_demo_history
 from reports.monthly import build_monthly, render_markdown
 from simulator.core import FleetSimulator
@@ -61,3 +65,21 @@ def test_charger_figures_match_ground_truth(monkeypatch: pytest.MonkeyPatch) -> 
         assert row.faults == faults.get(device, 0), device
     text = render_markdown(report)
     assert "| AC01 |" in text and "Response timeliness" in text
+
+
+def test_cli_monthly_writes_markdown(tmp_path: Path) -> None:
+    con = duckdb.connect(
+        str(Config().storage.path if Config().storage.path.is_absolute() else tmp_path / Config().storage.path)
+    )
+    migrate(con)
+    seed_demo_history(con, days=1, interval_s=600, end=datetime(2026, 11, 1, 18, tzinfo=UTC))
+    con.close()
+    out = tmp_path / "report.md"
+    result = CliRunner().invoke(
+        app, ["report", "monthly", "--month", "2026-11", "--data-dir", str(tmp_path), "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    text = out.read_text(encoding="utf-8")
+    assert text.startswith("# Monthly operations report 2026-11") and "| DC01 |" in text
+    bad = CliRunner().invoke(app, ["report", "monthly", "--month", "2026-13", "--data-dir", str(tmp_path)])
+    assert bad.exit_code == 2 and "YYYY-MM" in bad.output
