@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import duckdb
+import xlsxwriter  # type: ignore[import-untyped]
 
 from alerts.kpi import ClassKpi, month_bounds, monthly_kpis
 
-__all__ = ["ChargerMonth", "MonthlyReport", "build_monthly", "render_markdown"]
+__all__ = ["ChargerMonth", "MonthlyReport", "build_monthly", "render_markdown", "write_xlsx"]
 
 
 @dataclass(frozen=True)
@@ -94,3 +96,31 @@ def render_markdown(report: MonthlyReport) -> str:
         for k in report.kpis
     ]
     return "\n".join(lines) + "\n"
+
+
+def write_xlsx(report: MonthlyReport, path: Path) -> None:
+    """The same figures as the Markdown, one sheet per section, numbers as numbers (kWh, %, minutes)."""
+    with xlsxwriter.Workbook(str(path)) as book:
+        bold = book.add_format({"bold": True})
+        kwh = book.add_format({"num_format": "0.0"})
+        pct = book.add_format({"num_format": "0.0%"})
+        chargers = book.add_worksheet("Chargers")
+        chargers.write_row(0, 0, ["Device", "Uses", "kWh charged", "Faults"], bold)
+        for i, c in enumerate(report.chargers, start=1):
+            chargers.write_row(i, 0, [c.device_id, c.uses])
+            chargers.write_number(i, 2, c.energy_kwh, kwh)
+            chargers.write_number(i, 3, c.faults)
+        chargers.set_column(0, 3, 14)
+        sla = book.add_worksheet("SLA")
+        header = ["Class", "Events", "Response timeliness", "Resolution rate", "MTTA (min)", "MTTR (min)", "Breaches"]
+        sla.write_row(0, 0, header, bold)
+        for i, k in enumerate(report.kpis, start=1):
+            sla.write_row(i, 0, [k.event_class, k.events])
+            for col, rate in ((2, k.response_timeliness_rate), (3, k.resolution_rate)):
+                if rate is not None:
+                    sla.write_number(i, col, rate, pct)
+            for col, secs in ((4, k.mtta_s), (5, k.mttr_s)):
+                if secs is not None:
+                    sla.write_number(i, col, secs / 60.0, kwh)
+            sla.write_number(i, 6, k.sla_breaches)
+        sla.set_column(0, 6, 18)

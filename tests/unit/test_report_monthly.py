@@ -8,6 +8,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import duckdb
+import openpyxl
 import orjson
 import pytest
 from typer.testing import CliRunner
@@ -15,12 +16,12 @@ from typer.testing import CliRunner
 from gridsentry.cli import app
 from gridsentry.config import Config
 from gridsentry.demo_history import seed_demo_history
-from reports.monthly import build_monthly, render_markdown
+from reports.monthly import build_monthly, render_markdown, write_xlsx
 from simulator.core import FleetSimulator
 from storage.schema import migrate
 
 
-def test_charger_figures_match_ground_truth(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_charger_figures_match_ground_truth(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     sims: list[FleetSimulator] = []
     original_step = FleetSimulator.step
     published: list[dict[str, object]] = []
@@ -65,6 +66,14 @@ def test_charger_figures_match_ground_truth(monkeypatch: pytest.MonkeyPatch) -> 
         assert row.faults == faults.get(device, 0), device
     text = render_markdown(report)
     assert "| AC01 |" in text and "Response timeliness" in text
+    xlsx = tmp_path / "report.xlsx"
+    write_xlsx(report, xlsx)
+    book = openpyxl.load_workbook(xlsx)
+    assert book.sheetnames == ["Chargers", "SLA"]
+    sheet_rows = {r[0]: r for r in book["Chargers"].iter_rows(min_row=2, values_only=True)}
+    for device, row in chargers.items():
+        assert sheet_rows[device][1] == row.uses and sheet_rows[device][3] == row.faults
+        assert sheet_rows[device][2] == pytest.approx(row.energy_kwh)
 
 
 def test_cli_monthly_writes_markdown(tmp_path: Path) -> None:
@@ -81,5 +90,10 @@ def test_cli_monthly_writes_markdown(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     text = out.read_text(encoding="utf-8")
     assert text.startswith("# Monthly operations report 2026-11") and "| DC01 |" in text
+    xlsx = tmp_path / "report.xlsx"
+    args = ["report", "monthly", "--month", "2026-11", "--data-dir", str(tmp_path), "-f", "xlsx", "-o", str(xlsx)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert openpyxl.load_workbook(xlsx).sheetnames == ["Chargers", "SLA"]
     bad = CliRunner().invoke(app, ["report", "monthly", "--month", "2026-13", "--data-dir", str(tmp_path)])
     assert bad.exit_code == 2 and "YYYY-MM" in bad.output
