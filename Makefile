@@ -37,7 +37,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy collector storage rules alerts gridsentry simulator dashboards
+	$(BIN)/mypy collector storage rules alerts gridsentry simulator dashboards reports
 
 # bandit (waivers with reasons in pyproject's [tool.bandit]) and pip-audit (waivers in .ci/audit-waivers.txt).
 security: $(STAMP)

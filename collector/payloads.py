@@ -333,6 +333,12 @@ def _decode_object(b: BatchBuilder, obj: dict[str, Any], info: TopicInfo, receiv
         if code is None:
             raise DecodeError("bad_event", "an event needs a 'code' (e.g. Charging, Faulted, HighTemperature)")
         text = obj.get("text")
+        detail = obj.get("detail")
+        if isinstance(detail, dict):
+            # Structured events (charging sessions) keep their figures as JSON in `text`.
+            text = orjson.dumps({"text": text, **detail} if text is not None else detail).decode()
+        elif detail is not None:
+            raise DecodeError("bad_event", "an event's 'detail' must be an object of name: value")
         b.add_event(ts, device, str(obj.get("kind", "status")), str(code), None if text is None else str(text))
         return identified
     metrics = obj.get("metrics")

@@ -110,7 +110,7 @@ def seed_demo_history(
                     ("device_id", device_id),
                     ("kind", body["kind"]),
                     ("code", str(body["code"])),
-                    ("text", body.get("text")),
+                    ("text", _event_text(body)),
                 ):
                     ev[key].append(val)  # fmt: skip
         readings = pa.table(
@@ -134,6 +134,16 @@ def seed_demo_history(
     _past_incidents(con, start, end)
     con.execute("COMMIT")
     return written
+
+
+def _event_text(body: dict[str, Any]) -> str | None:
+    """As the collector stores it: structured events (charging sessions) keep their figures as JSON."""
+    detail = body.get("detail")
+    if isinstance(detail, dict):
+        text = body.get("text")
+        return orjson.dumps({"text": text, **detail} if text is not None else detail).decode()
+    text = body.get("text")
+    return None if text is None else str(text)
 
 
 def _past_incidents(con: duckdb.DuckDBPyConnection, start: datetime, end: datetime) -> None:

@@ -152,6 +152,8 @@ class FleetSimulator:
         self.seed = seed
         self.start = start.astimezone(UTC)
         self.ground_truth: list[FaultRecord] = []
+        # (when, device, "start" | "stop", detail) of every charging session event, published or not.
+        self.session_log: list[tuple[datetime, str, str, dict[str, object]]] = []
         # Fine enough to resolve the fastest device and status changes to the second.
         self._dt = physics_step_s if physics_step_s is not None else min(1.0, *(d.interval_s for d in devices))
         if not 0 < self._dt <= 60.0:
@@ -247,6 +249,8 @@ class FleetSimulator:
         for device_id, model in self._models.items():
             for label, status in model.connector_statuses().items():
                 self._emit_event(device_id, DeviceEvent("status", status, label), self.start, out)
+            for event in model.boot_events():
+                self._emit_event(device_id, event, self.start, out)
 
     def _advance_to(self, tick: int, out: list[OutMessage]) -> None:
         while self._tick < tick:
@@ -358,16 +362,21 @@ class FleetSimulator:
     # --- messages -------------------------------------------------------------------------------
 
     def _emit_event(self, device_id: str, event: DeviceEvent, when: datetime, out: list[OutMessage]) -> None:
+        if event.kind == "session" and event.detail is not None:
+            # Ground truth whether or not anyone hears it: an offline pile still charges cars.
+            self.session_log.append((when, device_id, event.code, dict(event.detail)))
         if self._offline(device_id):
             return
         if event.kind == "status":
             self._published_status[(device_id, event.text)] = event.code
-        body = {
+        body: dict[str, object] = {
             "ts": when.isoformat(timespec="microseconds"),
             "kind": event.kind,
             "code": event.code,
             "text": event.text,
         }
+        if event.detail is not None:
+            body["detail"] = event.detail
         out.append(OutMessage(self._topics[device_id][1], orjson.dumps(body), 0, "event"))
 
     def _emit_telemetry(self, device: DeviceSpec, due: float, out: list[OutMessage]) -> None:

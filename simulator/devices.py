@@ -46,9 +46,34 @@ class Environment:
 
 
 class DeviceEvent(NamedTuple):
-    kind: str  # "status" | "fault"
+    kind: str  # "status" | "fault" | "session"
     code: str
     text: str
+    # Session events carry their figures (connector, session id, kWh, duration, stop reason) here.
+    detail: dict[str, object] | None = None
+
+
+class ChargingSession:
+    """One car's visit to one connector, from the start of energy transfer to unplugging."""
+
+    def __init__(self, device_id: str, connector: int, started_at: datetime) -> None:
+        self.session_id = f"{device_id}-{connector}-{started_at:%Y%m%dT%H%M%S}"
+        self.connector = connector
+        self.started_at = started_at
+        self.energy_kwh = 0.0
+
+    def start_event(self, label: str) -> DeviceEvent:
+        return DeviceEvent("session", "start", label, {"session_id": self.session_id, "connector": self.connector})
+
+    def stop_event(self, label: str, when: datetime, reason: str) -> DeviceEvent:
+        detail: dict[str, object] = {
+            "session_id": self.session_id,
+            "connector": self.connector,
+            "energy_kwh": round(self.energy_kwh, 3),
+            "duration_s": round((when - self.started_at).total_seconds(), 1),
+            "reason": reason,
+        }
+        return DeviceEvent("session", "stop", label, detail)
 
 
 class DeviceModel(abc.ABC):
@@ -69,6 +94,10 @@ class DeviceModel(abc.ABC):
     def connector_statuses(self) -> dict[str, str]:
         """Current OCPP-style status per connector label; empty for devices without connectors."""
         return {}
+
+    def boot_events(self) -> list[DeviceEvent]:
+        """Events announced when the simulation starts (sessions already under way)."""
+        return []
 
     @property
     def grid_power_kw(self) -> float:
@@ -102,11 +131,13 @@ class AcChargerModel(DeviceModel):
         self.current_a = 0.0
         self.energy_kwh = rng.uniform(500.0, 15000.0)
         self._supply_dev = rng.gauss(0.0, 0.01)
+        self.session: ChargingSession | None = None
         if rng.random() < 0.45 * env.activity:
             self._plug_in_car()
             self.status = "Charging"
             self._delivered_kwh = rng.uniform(0.0, 0.6) * self._demand_kwh
             self.current_a = self._charging_current()
+            self.session = ChargingSession(spec.id, 1, env.when)
         self._socket = FirstOrderLag(self._socket_target(env.ambient_c), 300.0)
 
     def _plug_in_car(self) -> None:
@@ -152,6 +183,7 @@ class AcChargerModel(DeviceModel):
             if self._timer_s <= 0:
                 self._plug_in_car()
                 self.status = "Charging"
+                self.session = ChargingSession(self.spec.id, 1, env.when)
         elif self.status == "Charging":
             if self._delivered_kwh >= self._demand_kwh:
                 self.status = "Finishing"
@@ -164,10 +196,20 @@ class AcChargerModel(DeviceModel):
         energy = self.power_kw * dt / 3600.0
         self.energy_kwh += energy
         self._delivered_kwh += energy
+        if self.session is not None:
+            self.session.energy_kwh += energy
         self._socket.step(self._socket_target(env.ambient_c), dt)
         if self.status != previous:
+            if self.status == "Charging" and self.session is not None:
+                events.append(self.session.start_event(self.label))
             events.append(DeviceEvent("status", self.status, self.label))
+            if self.status == "Available" and self.session is not None:
+                events.append(self.session.stop_event(self.label, env.when, "EVDisconnected"))
+                self.session = None
         return events
+
+    def boot_events(self) -> list[DeviceEvent]:
+        return [self.session.start_event(self.label)] if self.session is not None else []
 
     def readings(self) -> dict[str, float]:
         return {
@@ -221,6 +263,7 @@ class _Gun:
         self.fault_cal_a = 0.0
         self.fault_cap_c = 130.0
         self.high_temp = False
+        self.session: ChargingSession | None = None
 
     @property
     def temp_c(self) -> float:
@@ -247,6 +290,7 @@ class DcChargerModel(DeviceModel):
                 self._new_vehicle(gun, forced=False)
                 gun.status = "Charging"
                 gun.charging_s = 60.0
+                gun.session = ChargingSession(spec.id, gun.index, env.when)
                 self._electrical(gun, 0.0)
                 settled = env.ambient_c + 2.0 + gun.pin_offset_c + _DC_PIN_K_PER_A2 * gun.current_a**2
                 gun.pin_pos.value = settled
@@ -341,6 +385,7 @@ class DcChargerModel(DeviceModel):
             if gun.timer_s <= 0:
                 gun.status = "Charging"
                 gun.charging_s = 0.0
+                gun.session = ChargingSession(self.spec.id, gun.index, env.when)
         elif gun.status == "Charging":
             if gun.soc_pct >= gun.target_soc_pct and not gun.fault_active:
                 gun.status = "Finishing"
@@ -373,8 +418,16 @@ class DcChargerModel(DeviceModel):
             previous = gun.status
             self._status_machine(gun, env, dt)
             if gun.status != previous:
+                if gun.status == "Charging" and gun.session is not None:
+                    events.append(gun.session.start_event(gun.label))
                 events.append(DeviceEvent("status", gun.status, gun.label))
+                if gun.status in ("Available", "Preparing") and gun.session is not None:
+                    # A fault-forced car replaces one still finishing: that visit ends here too.
+                    events.append(gun.session.stop_event(gun.label, env.when, "EVDisconnected"))
+                    gun.session = None
             self._electrical(gun, dt)
+            if gun.session is not None:
+                gun.session.energy_kwh += gun.power_kw * dt / 3600.0
             self._thermal(gun, env, dt)
             if not gun.high_temp and gun.temp_c > _HIGH_TEMP_ON_C:
                 gun.high_temp = True
@@ -393,6 +446,9 @@ class DcChargerModel(DeviceModel):
         module_rise = 28.0 * load * (2.5 if self.fan_failed else 1.0) + (6.0 if self.fan_failed else 0.0)
         self._module.step(self._cabinet.value + 3.0 + module_rise, dt)
         return events
+
+    def boot_events(self) -> list[DeviceEvent]:
+        return [g.session.start_event(g.label) for g in self.guns if g.session is not None]
 
     def readings(self) -> dict[str, float]:
         g1, g2 = self.guns

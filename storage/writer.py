@@ -30,6 +30,7 @@ from storage.batch import IngestBatch
 from storage.dedupe import DedupeWindow
 from storage.rollup import record_batch as record_rollup_partials
 from storage.schema import migrate
+from storage.sessions import project_sessions
 
 log = logging.getLogger(__name__)
 
@@ -378,6 +379,9 @@ def append_batch(con: duckdb.DuckDBPyConnection, batch: IngestBatch) -> CommitRe
         con.register("_ingest_events", batch.events)
         con.execute("INSERT INTO events SELECT ts, device_id, kind, code, text FROM _ingest_events")
         con.unregister("_ingest_events")
+        unusable = project_sessions(con, batch.events)
+        if unusable:
+            log.warning("%d charging-session event(s) lacked a session id or connector; kept in events only", unusable)
     if batch.dead_letter_count:
         con.register("_ingest_dead", batch.dead_letters)
         con.execute("INSERT INTO dead_letters SELECT ts, source, topic, reason, detail, payload FROM _ingest_dead")

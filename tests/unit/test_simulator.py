@@ -247,13 +247,18 @@ def test_payloads_follow_the_mqtt_contract():
             assert ts == sim.start + timedelta(seconds=body["seq"] - 1)
         else:
             assert message.kind == "event" and message.readings == 0
-            assert set(body) == {"ts", "kind", "code", "text"}
-            assert body["kind"] in {"status", "fault"}
+            assert body["kind"] in {"status", "fault", "session"}
+            if body["kind"] == "session":
+                assert set(body) == {"ts", "kind", "code", "text", "detail"}
+                assert body["code"] in {"start", "stop"} and body["detail"]["session_id"].startswith(match["device"])
+            else:
+                assert set(body) == {"ts", "kind", "code", "text"}
             assert re.match(r"^(gun [12]|connector 1)$", body["text"])
     assert all(seq == 31 for seq in last_seq.values())
     assert len(last_seq) == 9
     # Every connector announces its status at boot.
     boot = [json.loads(m.payload) for m in messages if m.kind == "event"]
+    boot = [e for e in boot if e["kind"] == "status"]  # sessions under way at boot also announce a start
     assert sum(1 for e in boot if datetime.fromisoformat(e["ts"]) == sim.start) == 4 + 2 * 2
     assert sim.next_due() == sim.start + timedelta(seconds=31)
 

@@ -1,0 +1,62 @@
+"""`gridsentry report`: the contract's reports, read from the database file (read-only)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+from zoneinfo import ZoneInfo
+
+import duckdb
+import typer
+from rich.console import Console
+
+from gridsentry.cli_alerts import ConfigOpt, DataDir, _config, _fail
+from reports.monthly import build_monthly, render_markdown, write_xlsx
+
+report_app = typer.Typer(help="Reports the service contract asks for.", no_args_is_help=True)
+err = Console(stderr=True)
+
+
+class ReportFormat(StrEnum):
+    md = "md"
+    xlsx = "xlsx"
+
+
+@report_app.command("monthly")
+def monthly(
+    month: Annotated[str, typer.Option(help="YYYY-MM, in the standby time zone.")],
+    site: Annotated[str | None, typer.Option(help="Only this site's chargers.")] = None,
+    output_format: Annotated[ReportFormat, typer.Option("--format", "-f", help="md or xlsx.")] = ReportFormat.md,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here (xlsx needs it).")] = None,
+    data_dir: DataDir = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Monthly operations report: uses, kWh charged and faults per charger; alert KPIs per class."""
+    if output_format is ReportFormat.xlsx and output is None:
+        raise _fail("--format xlsx writes a file: add --output report.xlsx")
+    cfg = _config(config, data_dir)
+    zone = ZoneInfo(cfg.alerts.sla.standby.timezone)
+    db = cfg.database_path
+    if not db.exists():
+        raise _fail(f"no database at {db}; start GridSentry first, or pass --data-dir/--config")
+    try:
+        con = duckdb.connect(str(db), read_only=True)
+    except duckdb.IOException as exc:
+        raise _fail(f"the database {db} is in use by a running GridSentry ({exc}); stop it or use a backup") from exc
+    try:
+        report = build_monthly(con, month, zone, site)
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    finally:
+        con.close()
+    if output_format is ReportFormat.xlsx and output is not None:
+        write_xlsx(report, output)
+        err.print(f"report written to {output}")
+        return
+    text = render_markdown(report)
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
+        err.print(f"report written to {output}")

@@ -1,0 +1,1 @@
+"""Reports the service contract asks for (monthly operations report, SLA KPIs)."""
