@@ -34,7 +34,7 @@ PAST_INCIDENTS: tuple[tuple[str, str, str, str, float, float, str, str, float | 
 DEADLINE_HOURS = {"I": 12.0, "II": 6.0, "III": 4.0}
 
 
-def _device_rows(fleet: list[Any]) -> list[dict[str, Any]]:
+def ledger_rows(fleet: list[Any]) -> list[dict[str, Any]]:
     return [
         {
             "device_id": d.id,
@@ -76,7 +76,7 @@ def seed_demo_history(
     con.execute("BEGIN TRANSACTION")
     sync_ledger(
         con,
-        devices=_device_rows(fleet),
+        devices=ledger_rows(fleet),
         sites=[{"id": site.id, "name": site.name, "latitude": site.latitude, "longitude": site.longitude,
                 "timezone": site.timezone}],
         metrics=metrics or [],

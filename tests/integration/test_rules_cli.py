@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from gridsentry.cli import app
+from gridsentry.demo_history import ledger_rows
 from rules.engine import DeviceInfo
 from rules.runtime import RulesRuntime
 from simulator import METRIC_UNITS, demo_fleet, demo_site
@@ -21,22 +22,6 @@ from storage.writer import StorageWriter
 
 runner = CliRunner()
 START = datetime(2026, 7, 1, 0, 0, tzinfo=UTC)
-
-
-def _device_row(d):
-    return {
-        "device_id": d.id,
-        "site": d.site,
-        "kind": d.kind,
-        "vendor": d.vendor,
-        "model": d.model,
-        "rated_kw": d.rated_kw,
-        "parent_id": d.parent,
-        "expected_interval_s": d.interval_s,
-        "commissioned": None,
-        "location": None,
-        "tags": list(d.tags),
-    }
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +37,7 @@ def history_db(tmp_path_factory) -> Path:
         writer.submit(
             lambda con: sync_ledger(
                 con,
-                devices=[_device_row(d) for d in devices],
+                devices=ledger_rows(devices),
                 sites=[site_row],
                 metrics=[
                     {"name": n, "unit": u, "description": "", "min": None, "max": None} for n, u in METRIC_UNITS.items()
