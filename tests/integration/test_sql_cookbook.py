@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -34,11 +35,23 @@ def cookbook() -> list[tuple[str, str, str]]:
     return [(n, title, sql.strip().rstrip(";")) for n, title, sql in found]
 
 
+def last_afternoon_in_shanghai() -> datetime:
+    """The latest 16:00 Asia/Shanghai (08:00 UTC) not in the future.
+
+    The history must end in the afternoon whatever the hour CI runs at: the weak PV string only shows while
+    the sun is up, and the fault starts 40 % into the day of history.
+    """
+    now = datetime.now(UTC)
+    end = now.replace(hour=8, minute=0, second=0, microsecond=0)
+    return end if end <= now else end - timedelta(days=1)
+
+
 @pytest.fixture(scope="module")
 def demo_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("cookbook") / "gridsentry.duckdb"
     con = open_database(path)
-    seed_demo_history(con, days=1.0, metrics=[m.model_dump() for m in metric_catalogue(Config()).values()])
+    seed_demo_history(con, days=1.0, end=last_afternoon_in_shanghai(),
+                      metrics=[m.model_dump() for m in metric_catalogue(Config()).values()])  # fmt: skip
     con.close()
     return path
 
