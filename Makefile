@@ -45,7 +45,7 @@ security: $(STAMP)
 	$(BIN)/python .ci/audit_deps.py
 
 pytest: $(STAMP)
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=20
 
 test: system-deps lint typecheck security pytest
 
