@@ -84,6 +84,8 @@ class Service:
             {m.name: m.unit for m in self.catalogue.values()},
             packs=cfg.rules.packs,
             builtin_packs=cfg.rules.builtin_packs,
+            bucket_s=cfg.rules.bucket_s,
+            shards=cfg.rules.shards,
         )
         self.collector_stats = CollectorStats()
         self.collector: MqttCollector | PahoMqttCollector | None = None  # the first broker's; `collectors` holds all

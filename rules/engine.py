@@ -84,6 +84,7 @@ _BINDING_SCHEMA: dict[str, pl.DataType] = {
     "floor": pl.Float64(),
     "noise_factor": pl.Float64(),
     "window_s": pl.Float64(),
+    "tau_s": pl.Float64(),
     "min_points": pl.Int64(),
     "tolerance": pl.Float64(),
     "missed_intervals": pl.Float64(),
@@ -192,6 +193,7 @@ class RuleEngine:
         self._prev_now: int | None = None
         self.shard_passes = 0
         self._stat_keys = pl.DataFrame()
+        self._min_tau_s = 0.0
         self._retention = pl.DataFrame()
         self._key_params = pl.DataFrame()
         self._shard_windows = [windows.WindowSums() for _ in range(self.shards)]
@@ -270,6 +272,7 @@ class RuleEngine:
                     "floor": rule.floor,
                     "noise_factor": rule.noise_factor,
                     "window_s": rule.window_s if rule.window_s is not None else 300.0,
+                    "tau_s": (rule.time_constant_s or 0.0) if rule.fit == "exponential" else 0.0,
                     "min_points": rule.min_points,
                     "tolerance": rule.tolerance,
                     "missed_intervals": rule.missed_intervals,
@@ -299,6 +302,8 @@ class RuleEngine:
         self._window_metrics = needed
         self._window_us = int(min(window_s, self.max_window_s) * 1_000_000) + self.bucket_us
         self._stat_keys = self._build_stat_keys(bindings)
+        taus = bindings.filter(pl.col("tau_s") > 0)["tau_s"]
+        self._min_tau_s = float(taus.min()) if taus.len() else 0.0  # type: ignore[arg-type]
         self._retention = self._stat_keys.group_by("metric").agg(
             keep_us=(pl.col("window_s").max().clip(upper_bound=self.max_window_s) * 1e6).cast(pl.Int64)
         )
@@ -337,7 +342,7 @@ class RuleEngine:
         judged every time because peers are compared with each other."""
         parts = [
             bindings.filter(pl.col("kind").is_in(["rate", "trend", "deviation"])).select(
-                "device_id", "metric", "window_s", always=pl.col("kind") == "deviation"
+                "device_id", "metric", "window_s", "tau_s", always=pl.col("kind") == "deviation"
             )
         ]
         for (variant,), group in (
@@ -349,11 +354,11 @@ class RuleEngine:
                 group.select("device_id")
                 .unique()
                 .join(inputs, how="cross")
-                .with_columns(window_s=pl.lit(rule.window_s or 300.0), always=pl.lit(False))
+                .with_columns(window_s=pl.lit(rule.window_s or 300.0), tau_s=pl.lit(0.0), always=pl.lit(False))
             )
         return (
             pl.concat(parts, how="vertical_relaxed")
-            .group_by("device_id", "metric", "window_s")
+            .group_by("device_id", "metric", "window_s", "tau_s")
             .agg(pl.col("always").any())
         )
 
@@ -570,7 +575,7 @@ class RuleEngine:
                 return self._between(lo, hi).filter(shard_of == k)
 
             keys = self._shard_keys.get(k)
-            if keys is not None and (prev is None or w.origin is None):
+            if keys is not None and (prev is None or w.origin is None or self._origin_stale(w, edge)):
                 w.rebuild(self._buckets.filter(shard_of == k), keys.lazy(), edge)
             elif keys is not None and prev is not None and edge > prev:
                 w.advance(between(prev, edge), keys.lazy(), edge)
@@ -610,6 +615,14 @@ class RuleEngine:
                     plans.append(("expression", group, plan))
         return plans
 
+    def _origin_stale(self, w: windows.WindowSums, edge_us: int) -> bool:
+        """Exponential-fit sums weigh a bucket by exp(-(t - origin) / tau): expired buckets outweigh
+        the window's by exp(age / tau), so their rounding error grows with it. Rebuilding from the
+        bucket store once the origin is 20 time constants old keeps that error below 1e-7."""
+        if w.origin is None or not self._min_tau_s:
+            return False
+        return (edge_us - w.origin) / 1e6 > 20 * self._min_tau_s
+
     def _deviation(self, now_us: int, edge: int, sun: Callable[[pl.DataFrame], pl.LazyFrame]) -> list[_Plan]:
         """Peers are compared with each other, so deviation rules judge all devices at once, when
         the last shard of a bucket is done. Their window sums are kept apart from the shards'."""
@@ -620,6 +633,8 @@ class RuleEngine:
             return []
         prev = w.edge
         keys = self._deviation_keys.lazy()
+        if self._origin_stale(w, edge):
+            prev = None
         if prev is None or w.origin is None:
             w.rebuild(self._buckets, keys, edge)
         elif edge > prev:
@@ -698,7 +713,7 @@ class RuleEngine:
 
     # --- state machine --------------------------------------------------------------------------
     def _advance(self, obs: pl.DataFrame) -> list[Finding]:
-        extras = ["seconds_to_limit", "slope_per_s", "peer_median", "ratio", "z", "caused_by"]
+        extras = ["seconds_to_limit", "slope_per_s", "peer_median", "ratio", "z", "caused_by", "asymptote"]
         # Most observations are healthy readings of keys with no state: they change nothing.
         relevant = obs.filter(pl.col("breach")).select(_KEY).unique()
         if self._state.height:
@@ -805,6 +820,7 @@ class RuleEngine:
             "z": row["z"] if row["z"] is not None else float("nan"),
             "silence": format_duration(value) if rule.kind in ("offline", "data_gap") and value == value else "",
             "parent": row["caused_by"] or "",
+            "asymptote": row["asymptote"] if row["asymptote"] is not None else float("nan"),
         }
         try:
             message = rule.message.format(**fields)

@@ -28,6 +28,7 @@ OBS_SCHEMA: dict[str, pl.DataType] = {
     "ratio": pl.Float64(),
     "z": pl.Float64(),
     "caused_by": pl.String(),
+    "asymptote": pl.Float64(),
 }
 
 
@@ -61,25 +62,49 @@ def threshold(readings: pl.LazyFrame, bindings: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-_STATS_KEY = ["device_id", "metric", "window_s"]
+_STATS_KEY = ["device_id", "metric", "window_s", "tau_s"]
 
 
 def _fit(stats: pl.LazyFrame, bindings: pl.LazyFrame) -> pl.LazyFrame:
-    """Least-squares line over each binding's window: slope (per s), value fitted at now, its noise."""
+    """Least-squares fit over each binding's window: slope now (per s), value fitted at now, the
+    slope's standard error, and for exponential fits the asymptote.
+
+    Straight line (tau_s = 0): y = a + slope * x, x in seconds before now.
+    Exponential approach (tau_s > 0), the first-order thermal model of IEC 60076-7:
+    y = A + c * v with v = exp(-x / tau): a linear regression on v, so it has the same running sums.
+    A is the asymptote, A + c the value now and -c / tau the slope now."""
     k = pl.col("k").cast(pl.Float64)
     sxx_c = pl.col("sxx") - pl.col("sx") ** 2 / k
     slope = (pl.col("sxy") - pl.col("sx") * pl.col("sy") / k) / sxx_c
+    svv_c = pl.col("svv") - pl.col("sv") ** 2 / k
+    c = (pl.col("svy") - pl.col("sv") * pl.col("sy") / k) / svv_c
+    exponential = pl.col("tau_s") > 0
+    # Relative to its own scale: v is near 1, so a centred sum of squares this small means no spread.
+    v_spread = svv_c > 1e-12 * pl.col("svv").abs()
     return (
         bindings.join(stats, on=_STATS_KEY, how="inner")
-        .with_columns(slope=pl.when(sxx_c > 1e-12).then(slope).otherwise(0.0))
-        .with_columns(fitted=(pl.col("sy") - pl.col("slope") * pl.col("sx")) / k)
         .with_columns(
-            sse=(pl.col("syy") - pl.col("fitted") * pl.col("sy") - pl.col("slope") * pl.col("sxy")).clip(lower_bound=0)
+            slope=pl.when(sxx_c > 1e-12).then(slope).otherwise(0.0),
+            c=pl.when(exponential & v_spread).then(c).otherwise(0.0),
         )
         .with_columns(
-            slope_se=pl.when((pl.col("k") > 2) & (sxx_c > 1e-12))
+            fitted=(pl.col("sy") - pl.col("slope") * pl.col("sx")) / k,
+            asymptote=pl.when(exponential).then((pl.col("sy") - pl.col("c") * pl.col("sv")) / k).otherwise(None),
+        )
+        .with_columns(
+            sse=pl.when(exponential)
+            .then(pl.col("syy") - pl.col("asymptote") * pl.col("sy") - pl.col("c") * pl.col("svy"))
+            .otherwise(pl.col("syy") - pl.col("fitted") * pl.col("sy") - pl.col("slope") * pl.col("sxy"))
+            .clip(lower_bound=0)
+        )
+        .with_columns(
+            slope_se=pl.when(exponential & (pl.col("k") > 2) & v_spread)
+            .then((pl.col("sse") / (k - 2) / svv_c).sqrt() / pl.col("tau_s"))
+            .when(~exponential & (pl.col("k") > 2) & (sxx_c > 1e-12))
             .then((pl.col("sse") / (k - 2) / sxx_c).sqrt())
-            .otherwise(float("inf"))
+            .otherwise(float("inf")),
+            slope=pl.when(exponential).then(-pl.col("c") / pl.col("tau_s")).otherwise(pl.col("slope")),
+            fitted=pl.when(exponential).then(pl.col("asymptote") + pl.col("c")).otherwise(pl.col("fitted")),
         )
     )
 
@@ -118,7 +143,23 @@ def trend(stats: pl.LazyFrame, bindings: pl.LazyFrame, now_us: int) -> pl.LazyFr
     reached = gap <= 0
     significant = (pl.col("k") >= pl.col("min_points")) & (towards > pl.col("noise_factor") * pl.col("slope_se"))
     past_floor = pl.col("floor").is_null() | ((pl.col("fitted") - pl.col("floor")) * sign >= 0)
-    seconds = pl.when(reached).then(0.0).when(towards > 0).then(gap / towards).otherwise(float("inf"))
+    # Exponential: the curve reaches the limit only if its asymptote lies beyond it, after
+    # tau * ln((A - now) / (A - limit)); a straight line always gets there, after gap / slope.
+    beyond = (pl.col("asymptote") - pl.col("limit")) * sign > 0
+    exp_seconds = (
+        pl.col("tau_s") * ((pl.col("asymptote") - pl.col("fitted")) / (pl.col("asymptote") - pl.col("limit"))).log()
+    )
+    seconds = (
+        pl.when(reached)
+        .then(0.0)
+        .when(towards <= 0)
+        .then(float("inf"))
+        .when(pl.col("tau_s") <= 0)
+        .then(gap / towards)
+        .when(beyond)
+        .then(exp_seconds)
+        .otherwise(float("inf"))
+    )
     # Firing needs a real movement towards the limit (also once it is reached: a plateau above the
     # limit is the threshold rule's business, not a forecast).
     breach = past_floor & significant & (reached | (pl.col("seconds") <= pl.col("horizon_s")))
@@ -140,6 +181,7 @@ def trend(stats: pl.LazyFrame, bindings: pl.LazyFrame, now_us: int) -> pl.LazyFr
             value=pl.col("fitted"),
             slope_per_s=pl.col("slope"),
             seconds_to_limit=pl.col("seconds"),
+            asymptote="asymptote",
             breach=breach,
             cleared=cleared,
         )

@@ -91,6 +91,7 @@ MESSAGE_FIELDS = {
     "z": 1.0,
     "silence": "1 min",
     "parent": "TX01",
+    "asymptote": 1.0,
 }
 
 
@@ -124,6 +125,16 @@ class Rule(_Model):
         "so cold devices never page.",
     )
     noise_factor: float = Field(3.0, ge=0, description="trend: slope must exceed this many standard errors.")
+    fit: Literal["linear", "exponential"] = Field(
+        "linear",
+        description="trend: 'linear' (a straight line) or 'exponential' (a first-order approach to an asymptote "
+        "with `time_constant`, the IEC 60076-7 thermal model: the forecast levels off instead of overshooting).",
+    )
+    time_constant_s: float | None = Field(
+        None,
+        alias="time_constant",
+        description="trend with fit: exponential: the time constant of the approach, e.g. 3h for ONAN top oil.",
+    )
     # windows
     window_s: float | None = Field(None, alias="window", description="rate/trend/stuck/deviation: look-back window.")
     min_points: int = Field(4, ge=2, description="Buckets needed in the window before a windowed rule judges.")
@@ -162,7 +173,7 @@ class Rule(_Model):
     def _one_or_many(cls, v: object) -> object:
         return [v] if isinstance(v, str) else v
 
-    @field_validator("for_s", "horizon_s", "window_s", "min_silence_s", mode="before")
+    @field_validator("for_s", "horizon_s", "window_s", "min_silence_s", "time_constant_s", mode="before")
     @classmethod
     def _duration(cls, v: object) -> object:
         return _duration_or_none(v)
@@ -183,6 +194,14 @@ class Rule(_Model):
             missing = [n for n, v in (("limit", self.limit), ("horizon", self.horizon_s)) if v is None]
             if missing:
                 raise ValueError(f"a trend rule needs {' and '.join(missing)}, e.g. limit: 95, horizon: 1h")
+        if self.fit == "exponential":
+            if k != "trend":
+                raise ValueError(f"fit: exponential is for trend rules; a {k} rule has no fitted curve")
+            if not self.time_constant_s:
+                raise ValueError(
+                    "fit: exponential needs a 'time_constant' longer than 0 s, e.g. time_constant: 3h "
+                    "(IEC 60076-7 ONAN top oil: 180 min)"
+                )
         if k in ("rate", "trend", "stuck") and self.window_s is None:
             raise ValueError(f"a {k} rule needs a 'window', e.g. window: 30m")
         if self.window_s is not None and self.window_s <= 0:

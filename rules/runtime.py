@@ -98,14 +98,16 @@ class RulesRuntime:
         packs: Iterable[Path] = (),
         builtin_packs: bool = True,
         bucket_s: float = 30.0,
+        shards: int = 8,
     ) -> None:
         self.writer = writer
         self.units = dict(units)
         self.packs = list(packs)
         self.builtin_packs = builtin_packs
         self.bucket_s = bucket_s
+        self.shards = shards
         self.loaded = LoadedRules()
-        self.engine = RuleEngine([], self.units, bucket_s=bucket_s)
+        self.engine = RuleEngine([], self.units, bucket_s=bucket_s, shards=shards)
         self.devices: dict[str, DeviceInfo] = {}
         self.sites: list[SiteInfo] = []
         self.reload_problems: list[str] = []
@@ -116,7 +118,11 @@ class RulesRuntime:
     # --- loading ----------------------------------------------------------------------------
     def _build(self, loaded: LoadedRules) -> RuleEngine:
         engine = RuleEngine(
-            loaded.rules + loaded.disabled, self.units, overrides=loaded.overrides, bucket_s=self.bucket_s
+            loaded.rules + loaded.disabled,
+            self.units,
+            overrides=loaded.overrides,
+            bucket_s=self.bucket_s,
+            shards=self.shards,
         )
         engine.set_sites(self.sites)
         engine.set_devices(self.devices.values())

@@ -21,12 +21,13 @@ from collections.abc import Callable
 
 import polars as pl
 
-KEY = ["device_id", "metric", "window_s"]
-SUMS = ["k", "sx", "sy", "sxx", "sxy", "syy", "vn", "vs"]
+KEY = ["device_id", "metric", "window_s", "tau_s"]
+SUMS = ["k", "sx", "sy", "sxx", "sxy", "syy", "vn", "vs", "sw", "sww", "swy"]
 SUMS_SCHEMA: dict[str, pl.DataType] = {
     "device_id": pl.String(),
     "metric": pl.String(),
     "window_s": pl.Float64(),
+    "tau_s": pl.Float64(),
     **{c: pl.Float64() for c in SUMS},
 }
 STUCK_SCHEMA: dict[str, pl.DataType] = {
@@ -44,6 +45,8 @@ def _contributions(frame: pl.LazyFrame, origin_us: int) -> pl.LazyFrame:
     """Each bucket's share of its series' window sums, and when it leaves the window."""
     x = (pl.col("b") - origin_us).cast(pl.Float64) / 1e6 + pl.col("toff") / pl.col("n")
     y = pl.col("s") / pl.col("n")
+    # Exponential fits (tau_s > 0) regress on w = exp(-x / tau); 0 for straight-line keys.
+    w = pl.when(pl.col("tau_s") > 0).then((-x / pl.col("tau_s")).exp()).otherwise(0.0)
     return frame.select(
         *KEY,
         expire_at=pl.col("b") + _window_us(),
@@ -55,6 +58,9 @@ def _contributions(frame: pl.LazyFrame, origin_us: int) -> pl.LazyFrame:
         syy=y * y,
         vn=pl.col("n").cast(pl.Float64),
         vs=pl.col("s"),
+        sw=w,
+        sww=w * w,
+        swy=w * y,
     )
 
 
@@ -118,6 +124,7 @@ class WindowSums:
 def relative_to_now(sums: pl.LazyFrame, origin_us: int, now_us: int) -> pl.LazyFrame:
     """The statistics the kinds read, with x in seconds before now (so the intercept is 'now')."""
     shift = (now_us - origin_us) / 1e6
+    scale = pl.when(pl.col("tau_s") > 0).then((shift / pl.col("tau_s")).exp()).otherwise(0.0)
     return sums.select(
         *KEY,
         k=pl.col("k").round(0).cast(pl.Int64),
@@ -127,6 +134,10 @@ def relative_to_now(sums: pl.LazyFrame, origin_us: int, now_us: int) -> pl.LazyF
         sxy=pl.col("sxy") - shift * pl.col("sy"),
         syy=pl.col("syy"),
         mean=pl.col("vs") / pl.col("vn"),
+        # w = exp(-(t - origin)/tau) becomes v = exp(-(t - now)/tau): a factor exp((now - origin)/tau).
+        sv=pl.col("sw") * scale,
+        svv=pl.col("sww") * scale * scale,
+        svy=pl.col("swy") * scale,
     )
 
 
