@@ -167,7 +167,7 @@ class RuleEngine:
         *,
         overrides: Iterable[Override] = (),
         bucket_s: float = 30.0,
-        max_window_s: float = 6 * 3600.0,
+        max_window_s: float = 7 * 86400.0,
         shards: int = 8,
     ) -> None:
         self.rules = {r.id: r for r in rules}
@@ -204,6 +204,7 @@ class RuleEngine:
         self._stuck = pl.DataFrame(schema=windows.STUCK_SCHEMA)
         self._passes = 0
         self.failed_rules: dict[str, str] = {}
+        self.late_buckets_amended = 0
         self.evaluations = 0
         self.readings_evaluated = 0
         self.last_eval_seconds = 0.0
@@ -424,6 +425,24 @@ class RuleEngine:
             )
             .collect()
         )
+        # Buckets before the newest window edge may already be counted in window sums: late data.
+        edges = [w.edge for w in (*self._shard_windows, self._deviation_windows) if w.edge is not None]
+        late = fresh.filter(pl.col("b") < max(edges)).select("device_id", "metric", "b") if edges else fresh.clear()
+        before = self._buckets.join(late, on=["device_id", "metric", "b"], how="semi") if late.height else None
+        self._merge_buckets(fresh)
+        if before is not None:
+            after = self._buckets.join(late, on=["device_id", "metric", "b"], how="semi")
+            shard_of = self._shard_expr()
+            for k, w in enumerate(self._shard_windows):
+                keys = self._shard_keys.get(k)
+                if keys is not None:
+                    w.amend(before.filter(shard_of == k), after.filter(shard_of == k), keys.lazy())
+            if self._deviation_keys.height:
+                self._deviation_windows.amend(before, after, self._deviation_keys.lazy())
+            self.late_buckets_amended += late.height
+
+    def _merge_buckets(self, fresh: pl.DataFrame) -> None:
+        """Merge new bucket rows into the time-sorted store; rows of an existing bucket combine."""
         if fresh.height == 0:
             return
         oldest_fresh = fresh["b"].min()
@@ -470,6 +489,34 @@ class RuleEngine:
         self._fold(good)
         if good.height:
             latest = good["ts_us"].max()
+            assert isinstance(latest, int)
+            self._now_us = max(self._now_us or latest, latest)
+
+    def prime_buckets(self, rollups: pl.DataFrame, width_s: float) -> None:
+        """Fill the windows from stored rollups (`rollup_1m`, `rollup_1h`: columns device_id, metric,
+        bucket (start, UTC), count, sum, min, max, last_ts) without judging anything. A rollup row
+        becomes one bucket of its own width; its readings' mean time is taken as its middle."""
+        if rollups.height == 0 or not self._window_metrics:
+            return
+        rows = (
+            rollups.lazy()
+            .filter(pl.col("metric").is_in(list(self._window_metrics)) & (pl.col("count") > 0))
+            .select(
+                "device_id",
+                "metric",
+                b=pl.col("bucket").dt.epoch("us"),
+                n=pl.col("count").cast(pl.UInt32),
+                s=pl.col("sum").cast(pl.Float64),
+                lo=pl.col("min").cast(pl.Float64),
+                hi=pl.col("max").cast(pl.Float64),
+                toff=pl.col("count").cast(pl.Float64) * (width_s / 2),
+                last_ts=pl.col("last_ts").dt.epoch("us"),
+            )
+            .collect()
+        )
+        self._merge_buckets(rows.select(list(_BUCKET_SCHEMA)).sort("b"))
+        if rows.height:
+            latest = rows["last_ts"].max()
             assert isinstance(latest, int)
             self._now_us = max(self._now_us or latest, latest)
 

@@ -73,11 +73,14 @@ def _fit(stats: pl.LazyFrame, bindings: pl.LazyFrame) -> pl.LazyFrame:
     Exponential approach (tau_s > 0), the first-order thermal model of IEC 60076-7:
     y = A + c * v with v = exp(-x / tau): a linear regression on v, so it has the same running sums.
     A is the asymptote, A + c the value now and -c / tau the slope now."""
+    # Weighted by reading counts: sums over n; k (buckets) gives the degrees of freedom. With equal
+    # counts the standard error is exactly the unweighted one.
     k = pl.col("k").cast(pl.Float64)
-    sxx_c = pl.col("sxx") - pl.col("sx") ** 2 / k
-    slope = (pl.col("sxy") - pl.col("sx") * pl.col("sy") / k) / sxx_c
-    svv_c = pl.col("svv") - pl.col("sv") ** 2 / k
-    c = (pl.col("svy") - pl.col("sv") * pl.col("sy") / k) / svv_c
+    wn = pl.col("wn")
+    sxx_c = pl.col("sxx") - pl.col("sx") ** 2 / wn
+    slope = (pl.col("sxy") - pl.col("sx") * pl.col("sy") / wn) / sxx_c
+    svv_c = pl.col("svv") - pl.col("sv") ** 2 / wn
+    c = (pl.col("svy") - pl.col("sv") * pl.col("sy") / wn) / svv_c
     exponential = pl.col("tau_s") > 0
     # Relative to its own scale: v is near 1, so a centred sum of squares this small means no spread.
     v_spread = svv_c > 1e-12 * pl.col("svv").abs()
@@ -88,8 +91,8 @@ def _fit(stats: pl.LazyFrame, bindings: pl.LazyFrame) -> pl.LazyFrame:
             c=pl.when(exponential & v_spread).then(c).otherwise(0.0),
         )
         .with_columns(
-            fitted=(pl.col("sy") - pl.col("slope") * pl.col("sx")) / k,
-            asymptote=pl.when(exponential).then((pl.col("sy") - pl.col("c") * pl.col("sv")) / k).otherwise(None),
+            fitted=(pl.col("sy") - pl.col("slope") * pl.col("sx")) / wn,
+            asymptote=pl.when(exponential).then((pl.col("sy") - pl.col("c") * pl.col("sv")) / wn).otherwise(None),
         )
         .with_columns(
             sse=pl.when(exponential)
