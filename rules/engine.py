@@ -29,7 +29,7 @@ import polars as pl
 import pyarrow as pa
 
 from rules import kinds, windows
-from rules.model import TELEMETRY, Finding, Override, Rule, format_duration
+from rules.model import TELEMETRY, Finding, Override, Rule, expression_metrics, format_duration
 from rules.sun import is_daylight
 from storage.batch import Quality
 
@@ -96,6 +96,9 @@ _BINDING_SCHEMA: dict[str, pl.DataType] = {
     "min_peer_median": pl.Float64(),
     "normalise": pl.Boolean(),
     "daylight_only": pl.Boolean(),
+    "has_when": pl.Boolean(),
+    "sentinels": pl.List(pl.Float64()),
+    "wrap_at": pl.Float64(),
 }
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -182,6 +185,11 @@ class RuleEngine:
         self._sites: dict[str, SiteInfo] = {}
         self._variants: dict[str, Rule] = {}
         self._compiled: dict[str, tuple[pl.Expr, pl.Expr | None]] = {}
+        self._when_names: dict[str, list[str]] = {}
+        # The last good reading of each counter rule's (device, metric): what the next one is checked against.
+        self._counter_last = pl.DataFrame(
+            schema={"ts_us": pl.Int64(), "device_id": pl.String(), "metric": pl.String(), "value": pl.Float64()}
+        )
         self._bindings = pl.DataFrame(schema=_BINDING_SCHEMA)
         self._by_kind: dict[str, pl.DataFrame] = {}
         self._window_metrics: set[str] = set()
@@ -189,6 +197,7 @@ class RuleEngine:
         self._state = pl.DataFrame(schema=STATE_SCHEMA)
         self._buckets = pl.DataFrame(schema=_BUCKET_SCHEMA)
         self._last_seen = pl.DataFrame(schema={"device_id": pl.String(), "last_ts": pl.Int64()})
+        self._first_seen = pl.DataFrame(schema={"device_id": pl.String(), "first_ts": pl.Int64()})
         self._now_us: int | None = None
         self._prev_now: int | None = None
         self.shard_passes = 0
@@ -285,6 +294,9 @@ class RuleEngine:
                     "min_peer_median": rule.min_peer_median,
                     "normalise": rule.normalise == "rated_power",
                     "daylight_only": rule.daylight_only,
+                    "has_when": rule.when is not None,
+                    "sentinels": rule.sentinels,
+                    "wrap_at": rule.wrap_at,
                 }
                 for metric in rule.output_metrics:
                     rows.append({**params, "metric": metric})
@@ -329,6 +341,9 @@ class RuleEngine:
         }
         self._deviation_keys = self._stat_keys.filter(pl.col("always")).select(windows.KEY)
         for key, rule in self._variants.items():
+            if rule.kind == "stuck" and rule.when and key not in self._compiled:
+                self._compiled[key] = (pl.sql_expr(rule.when), None)
+                self._when_names[key] = expression_metrics(rule.when)
             if rule.kind == "expression" and key not in self._compiled:
                 assert rule.expression is not None
                 self._compiled[key] = (
@@ -347,10 +362,13 @@ class RuleEngine:
             )
         ]
         for (variant,), group in (
-            bindings.filter(pl.col("kind") == "expression").partition_by("variant", as_dict=True).items()
+            bindings.filter((pl.col("kind") == "expression") | ((pl.col("kind") == "stuck") & pl.col("has_when")))
+            .partition_by("variant", as_dict=True)
+            .items()
         ):
             rule = self._variants[str(variant)]
-            inputs = pl.DataFrame({"metric": rule.input_metrics}, schema={"metric": pl.String()})
+            names = rule.input_metrics if rule.kind == "expression" else expression_metrics(rule.when or "")
+            inputs = pl.DataFrame({"metric": names}, schema={"metric": pl.String()})
             parts.append(
                 group.select("device_id")
                 .unique()
@@ -401,12 +419,44 @@ class RuleEngine:
             .collect()
         )
 
+    def _check_invalid(self, frame: pl.DataFrame) -> pl.DataFrame | None:
+        """Every reading of the tick (any quality) against the `invalid` rules bound to its device and
+        metric, once: what the invalid kind judges and what the other kinds must not see."""
+        invalid = self._by_kind.get("invalid")
+        if invalid is None or frame.height == 0:
+            return None
+        return kinds.check_invalid(
+            frame.lazy().select(
+                pl.col("ts").dt.epoch("us").alias("ts_us"),
+                "device_id",
+                "metric",
+                pl.col("value").cast(pl.Float64),
+                pl.col("quality").cast(pl.Int64),
+            ),
+            invalid.lazy(),
+            int(Quality.OUT_OF_RANGE),
+        ).collect()
+
+    def _note_first_seen(self, seen: pl.DataFrame) -> None:
+        """The earliest data of each device: expression rules judge a device only once its data
+        covers their window (a day's mean needs a day)."""
+        self._first_seen = (
+            pl.concat([self._first_seen, seen.select("device_id", "first_ts")])
+            .group_by("device_id")
+            .agg(pl.col("first_ts").min())
+        )
+
     def _fold(self, good: pl.DataFrame, all_readings: pl.DataFrame | None = None) -> None:
         """Add readings to the bucket store and the last-seen table."""
         seen_src = all_readings if all_readings is not None else good
         if seen_src.height:
-            seen = seen_src.group_by("device_id").agg(last_ts=pl.col("ts_us").max())
-            self._last_seen = pl.concat([self._last_seen, seen]).group_by("device_id").agg(pl.col("last_ts").max())
+            seen = seen_src.group_by("device_id").agg(last_ts=pl.col("ts_us").max(), first_ts=pl.col("ts_us").min())
+            self._last_seen = (
+                pl.concat([self._last_seen, seen.select("device_id", "last_ts")])
+                .group_by("device_id")
+                .agg(pl.col("last_ts").max())
+            )
+            self._note_first_seen(seen.select("device_id", "first_ts"))
         if not self._window_metrics or good.height == 0:
             return
         bucket = self.bucket_us
@@ -515,6 +565,7 @@ class RuleEngine:
             .collect()
         )
         self._merge_buckets(rows.select(list(_BUCKET_SCHEMA)).sort("b"))
+        self._note_first_seen(rows.group_by("device_id").agg(first_ts=pl.col("b").min()))
         if rows.height:
             latest = rows["last_ts"].max()
             assert isinstance(latest, int)
@@ -529,6 +580,12 @@ class RuleEngine:
         frame = readings if isinstance(readings, pl.DataFrame) else pl.from_arrow(readings)
         assert isinstance(frame, pl.DataFrame)
         good = self._good(frame)
+        checked = self._check_invalid(frame)
+        if checked is not None and good.height:
+            # Sentinels and values outside a G3 rule's limits are that rule's business, never the others'.
+            rejected = checked.filter(pl.col("rejected")).select("ts_us", "device_id", "metric").unique()
+            if rejected.height:
+                good = good.join(rejected, on=["ts_us", "device_id", "metric"], how="anti")
         if frame.height:
             newest = frame.select(pl.col("ts").dt.epoch("us").max()).item()
             newest_us = int(newest) if newest is not None else None
@@ -559,6 +616,15 @@ class RuleEngine:
         if threshold is not None and good.height:
             good_lazy = good.lazy()
             plans.append(("threshold", threshold, lambda b: kinds.threshold(good_lazy, sun(b))))
+        invalid = self._by_kind.get("invalid")
+        if invalid is not None and checked is not None:
+            plans.append(("invalid", invalid, lambda b: kinds.invalid(checked.lazy(), b.lazy())))
+        counter = self._by_kind.get("counter")
+        counted: pl.DataFrame | None = None
+        if counter is not None and good.height:
+            counted = good.join(counter.select("device_id", "metric").unique(), on=["device_id", "metric"], how="semi")
+            fresh_counts, last_counts = counted.lazy(), self._counter_last.lazy()
+            plans.append(("counter", counter, lambda b: kinds.counter(fresh_counts, last_counts, b.lazy())))
         gap = self._by_kind.get("data_gap")
         all_times = frame.select(pl.col("ts").dt.epoch("us").alias("ts_us"), "device_id") if frame.height else None
         if gap is not None and all_times is not None:
@@ -596,6 +662,14 @@ class RuleEngine:
         if todo:
             plans += self._windowed(now_us, edge, todo, sun)
         observations += self._run(plans, findings)
+        if counted is not None and counted.height:
+            self._counter_last = (
+                pl.concat([self._counter_last, counted.select(list(self._counter_last.columns))])
+                .sort("ts_us")
+                .group_by("device_id", "metric")
+                .last()
+                .select(self._counter_last.columns)
+            )
         obs = [o for o in observations if o.height]
         if obs:
             findings += self._advance(pl.concat(obs, how="vertical"))
@@ -635,8 +709,9 @@ class RuleEngine:
             if stuck_bindings is not None:
                 self._stuck = windows.update_stuck(self._stuck, between, stuck_bindings.lazy(), prev, edge)
                 stuck_state = self._stuck.lazy()
+                gate = self._when_gate(stats, stuck_bindings)
                 plans.append(
-                    ("stuck", stuck_bindings, lambda bb, st=stuck_state: kinds.stuck(st, bb.lazy(), edge))  # type: ignore[misc]
+                    ("stuck", stuck_bindings, lambda bb, st=stuck_state, g=gate: kinds.stuck(st, bb.lazy(), edge, g))  # type: ignore[misc]
                 )
             for name, fn in (("rate", kinds.rate), ("trend", kinds.trend)):
                 b = self._shard_kinds.get((name, k))
@@ -655,12 +730,49 @@ class RuleEngine:
                         rule: Rule = rule,
                         st: pl.LazyFrame = stats,
                     ) -> pl.LazyFrame:
+                        window_s = rule.window_s or 300.0
+                        # Judged once the device's data covers the window (less one bucket of slack).
+                        covered = self._first_seen.lazy().filter(
+                            pl.col("first_ts") <= now_us - int(window_s * 1e6) + self.bucket_us
+                        )
                         return kinds.expression(
-                            st, sun(bb), now_us, expr, when, rule.input_metrics, rule.window_s or 300.0
+                            st,
+                            sun(bb).join(covered, on="device_id", how="semi"),
+                            now_us,
+                            expr,
+                            when,
+                            rule.input_metrics,
+                            window_s,
                         )
 
                     plans.append(("expression", group, plan))
         return plans
+
+    def _when_gate(self, stats: pl.LazyFrame, bindings: pl.DataFrame) -> pl.LazyFrame | None:
+        """(variant, device_id, ok): each conditional rule's `when` on its devices' window means."""
+        gated = bindings.filter(pl.col("has_when"))
+        if gated.height == 0:
+            return None
+        parts: list[pl.LazyFrame] = []
+        for (variant,), group in gated.partition_by("variant", as_dict=True).items():
+            rule = self._variants[str(variant)]
+            condition, _ = self._compiled[str(variant)]
+            names = self._when_names[str(variant)]
+            means = stats.filter(pl.col("metric").is_in(names) & (pl.col("window_s") == rule.window_s)).select(
+                "device_id", "metric", "mean"
+            )
+            wide = (
+                means.group_by("device_id")
+                .agg([pl.col("mean").filter(pl.col("metric") == m).first().alias(m) for m in names])
+                .drop_nulls(names)
+            )
+            devices = group.select("device_id").unique().lazy()
+            parts.append(
+                wide.join(devices, on="device_id", how="semi").select(
+                    "device_id", variant=pl.lit(str(variant)), ok=condition.cast(pl.Boolean).fill_null(False)
+                )
+            )
+        return pl.concat(parts)
 
     def _origin_stale(self, w: windows.WindowSums, edge_us: int) -> bool:
         """Exponential-fit sums weigh a bucket by exp(-(t - origin) / tau): expired buckets outweigh
@@ -760,7 +872,7 @@ class RuleEngine:
 
     # --- state machine --------------------------------------------------------------------------
     def _advance(self, obs: pl.DataFrame) -> list[Finding]:
-        extras = ["seconds_to_limit", "slope_per_s", "peer_median", "ratio", "z", "caused_by", "asymptote"]
+        extras = ["seconds_to_limit", "slope_per_s", "peer_median", "ratio", "z", "caused_by", "asymptote", "previous"]
         # Most observations are healthy readings of keys with no state: they change nothing.
         relevant = obs.filter(pl.col("breach")).select(_KEY).unique()
         if self._state.height:
@@ -868,6 +980,7 @@ class RuleEngine:
             "silence": format_duration(value) if rule.kind in ("offline", "data_gap") and value == value else "",
             "parent": row["caused_by"] or "",
             "asymptote": row["asymptote"] if row["asymptote"] is not None else float("nan"),
+            "previous": row["previous"] if row["previous"] is not None else float("nan"),
         }
         try:
             message = rule.message.format(**fields)

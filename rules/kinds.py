@@ -29,6 +29,7 @@ OBS_SCHEMA: dict[str, pl.DataType] = {
     "z": pl.Float64(),
     "caused_by": pl.String(),
     "asymptote": pl.Float64(),
+    "previous": pl.Float64(),
 }
 
 
@@ -43,7 +44,7 @@ def conform(frame: pl.LazyFrame) -> pl.LazyFrame:
     return frame.with_columns(missing).select([pl.col(n).cast(t) for n, t in OBS_SCHEMA.items()])
 
 
-def _limit_conditions(value: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
+def limit_conditions(value: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
     """Above / below / band with hysteresis, from the binding columns `above`, `below`, `hysteresis`."""
     over = pl.col("above").is_not_null() & (value > pl.col("above"))
     under = pl.col("below").is_not_null() & (value < pl.col("below"))
@@ -54,12 +55,79 @@ def _limit_conditions(value: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
 
 def threshold(readings: pl.LazyFrame, bindings: pl.LazyFrame) -> pl.LazyFrame:
     """Every good reading of the batch against its threshold: many observations per binding."""
-    breach, cleared = _limit_conditions(pl.col("value"))
+    breach, cleared = limit_conditions(pl.col("value"))
     return conform(
         readings.join(bindings, on=["device_id", "metric"], how="inner")
         .filter(pl.col("daylight") | ~pl.col("daylight_only"))
         .select("rule_id", "device_id", "metric", "ts_us", "value", breach=breach, cleared=cleared)
     )
+
+
+def check_invalid(readings: pl.LazyFrame, bindings: pl.LazyFrame, out_of_range: int) -> pl.LazyFrame:
+    """Readings of any quality against their invalid rules: `rejected` (a sentinel or outside the
+    rule's physical [below, above]: screened from every other rule) and `bad` (rejected, NaN/inf or
+    missing, or flagged out of range by the collector: what the invalid rule counts)."""
+    outside, _ = limit_conditions(pl.col("value"))
+    rejected = outside.fill_null(False) | pl.col("sentinels").list.contains(pl.col("value")).fill_null(False)
+    return (
+        readings.join(
+            bindings.select("rule_id", "device_id", "metric", "above", "below", "sentinels"),
+            on=["device_id", "metric"],
+            how="inner",
+        )
+        .with_columns(rejected=rejected)
+        .select(
+            "rule_id",
+            "device_id",
+            "metric",
+            "ts_us",
+            "value",
+            "rejected",
+            bad=pl.col("rejected")
+            | ~pl.col("value").is_finite().fill_null(False)
+            | (pl.col("quality") == out_of_range),
+        )
+    )
+
+
+def invalid(checked: pl.LazyFrame, bindings: pl.LazyFrame) -> pl.LazyFrame:
+    """G3: every reading checked by `check_invalid`, as observations of its rule; `repeat` in the
+    rule makes the state machine wait for that many invalid readings in a row."""
+    return conform(
+        checked.join(bindings.select("rule_id").unique(), on="rule_id", how="semi").select(
+            "rule_id", "device_id", "metric", "ts_us", "value", breach=pl.col("bad"), cleared=~pl.col("bad")
+        )
+    )
+
+
+def counter(readings: pl.LazyFrame, last: pl.LazyFrame, bindings: pl.LazyFrame) -> pl.LazyFrame:
+    """Cumulative counters (energy registers) must never go down: each good reading against the one
+    before it (the last of earlier batches included). A drop from near `wrap_at` to near zero is the
+    register rolling over, not a regression; drops up to `tolerance` are rounding."""
+    params = bindings.select("rule_id", "device_id", "metric", "tolerance", "wrap_at")
+    key = ["rule_id", "device_id", "metric"]
+    sequence = pl.concat(
+        [
+            last.join(params, on=["device_id", "metric"], how="inner").with_columns(earlier=pl.lit(True)),
+            readings.select("ts_us", "device_id", "metric", "value")
+            .join(params, on=["device_id", "metric"], how="inner")
+            .with_columns(earlier=pl.lit(False)),
+        ],
+        how="diagonal_relaxed",
+    )
+    previous = pl.col("value").shift(1).over(key, order_by="ts_us")
+    wrapped = (
+        pl.col("wrap_at").is_not_null()
+        & (pl.col("previous") >= 0.9 * pl.col("wrap_at"))
+        & (pl.col("value") <= 0.1 * pl.col("wrap_at"))
+    )
+    regressed = (pl.col("previous") - pl.col("value") > pl.col("tolerance")) & ~wrapped
+    frame = (
+        sequence.with_columns(previous=previous)
+        .filter(~pl.col("earlier") & pl.col("previous").is_not_null())
+        .select(*key, "ts_us", "value", "previous", breach=regressed, cleared=~regressed)
+    )
+    return conform(frame)
 
 
 _STATS_KEY = ["device_id", "metric", "window_s", "tau_s"]
@@ -192,20 +260,28 @@ def trend(stats: pl.LazyFrame, bindings: pl.LazyFrame, now_us: int) -> pl.LazyFr
     return conform(frame)
 
 
-def stuck(state: pl.LazyFrame, bindings: pl.LazyFrame, edge_us: int) -> pl.LazyFrame:
+def stuck(state: pl.LazyFrame, bindings: pl.LazyFrame, edge_us: int, when: pl.LazyFrame | None = None) -> pl.LazyFrame:
     """A value that has not moved beyond the tolerance for the whole window (a frozen sensor or
-    register). `state` holds each binding's band and since when (see rules.windows)."""
+    register). `state` holds each binding's band and since when (see rules.windows). `when` (variant,
+    device_id, ok) gates rules with a condition: judged stuck only while it holds."""
     held = (pl.lit(edge_us, pl.Int64) - pl.col("since")).cast(pl.Float64) / 1e6
-    frame = bindings.join(
+    joined = bindings.join(
         state.filter(pl.col("updated") == edge_us), on=["rule_id", "device_id", "metric"], how="inner"
-    ).select(
+    )
+    if when is not None:
+        joined = joined.join(when, on=["variant", "device_id"], how="left").with_columns(
+            ok=pl.col("ok").fill_null(pl.col("has_when").not_())
+        )
+    else:
+        joined = joined.with_columns(ok=pl.lit(True))
+    frame = joined.select(
         "rule_id",
         "device_id",
         "metric",
         ts_us=pl.lit(edge_us, pl.Int64),
         value=(pl.col("lo") + pl.col("hi")) / 2,
-        breach=held >= pl.col("window_s"),
-        cleared=held < pl.col("window_s"),
+        breach=(held >= pl.col("window_s")) & pl.col("ok"),
+        cleared=(held < pl.col("window_s")) | ~pl.col("ok"),
     )
     return conform(frame)
 
@@ -345,7 +421,7 @@ def expression(
         .drop_nulls(inputs)
     )
     computed = wide.select("device_id", value=expr.cast(pl.Float64), ok=when if when is not None else pl.lit(True))
-    breach, cleared = _limit_conditions(pl.col("value"))
+    breach, cleared = limit_conditions(pl.col("value"))
     frame = (
         computed.join(bindings, on="device_id", how="inner")
         .filter(

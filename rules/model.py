@@ -12,7 +12,9 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 EventClass = Literal["I", "II", "III"]
-RuleKind = Literal["threshold", "rate", "trend", "stuck", "offline", "data_gap", "deviation", "expression"]
+RuleKind = Literal[
+    "threshold", "rate", "trend", "stuck", "offline", "data_gap", "deviation", "expression", "invalid", "counter"
+]
 
 # Kinds that watch a device as a whole (its reporting), not one metric.
 DEVICE_KINDS: frozenset[str] = frozenset({"offline", "data_gap"})
@@ -92,6 +94,7 @@ MESSAGE_FIELDS = {
     "silence": "1 min",
     "parent": "TX01",
     "asymptote": 1.0,
+    "previous": 1.0,
 }
 
 
@@ -105,7 +108,8 @@ class Rule(_Model):
         "Not used by offline / data_gap; derived from the expression for expression rules.",
     )
     kind: RuleKind = Field(
-        "threshold", description="threshold, rate, trend, stuck, offline, data_gap, deviation, expression."
+        "threshold",
+        description="threshold, rate, trend, stuck, offline, data_gap, deviation, expression, invalid, counter.",
     )
     # threshold / expression
     above: float | None = Field(None, description="threshold/expression: fire when the value is above this.")
@@ -153,7 +157,25 @@ class Rule(_Model):
     )
     # expression
     expression: str | None = Field(None, description="expression: SQL expression over the device's metrics.")
-    when: str | None = Field(None, description="expression/threshold: SQL condition; judged only while it holds.")
+    when: str | None = Field(
+        None,
+        description="expression/stuck: SQL condition over the device's metrics (window means); judged only while "
+        "it holds, e.g. a meter frozen only counts while the pile delivers power.",
+    )
+    # invalid
+    sentinels: list[float] = Field(
+        default_factory=list,
+        description="invalid: raw values that mean 'not implemented / no data' (e.g. -32768, 65535 from int16/uint16 "
+        "registers); besides these, NaN/inf, readings the collector flagged out of range, and values outside "
+        "[below, above] count as invalid.",
+    )
+    # counter
+    wrap_at: float | None = Field(
+        None,
+        gt=0,
+        description="counter: where the register rolls over, in the metric's unit (uint32 Wh read as kWh: "
+        "4294967.296); a drop from above 90 % of it to below 10 % is a wrap, not a regression.",
+    )
     name: str | None = Field(None, description="expression: the name the computed value carries (e.g. efficiency).")
     unit: str | None = Field(None, description="Unit shown for the computed value (default: the metric's).")
     # context
@@ -216,6 +238,10 @@ class Rule(_Model):
             self.metric = [TELEMETRY]
         elif not self.metric:
             raise ValueError(f"a {k} rule needs 'metric'")
+        if self.when is not None and k not in ("expression", "stuck"):
+            raise ValueError(f"'when' is supported on expression and stuck rules, not on a {k} rule")
+        if self.sentinels and k != "invalid":
+            raise ValueError("'sentinels' belong to an invalid rule")
         if self.when is not None:
             expression_metrics(self.when)
         try:
@@ -237,6 +263,8 @@ class Rule(_Model):
                 return v
         if self.kind == "deviation":
             return self.ratio_below if self.ratio_below is not None else self.ratio_above or 0.0
+        if self.kind in ("invalid", "counter", "stuck"):
+            return self.tolerance if self.kind != "invalid" else 0.0
         return self.missed_intervals
 
     @property

@@ -45,8 +45,20 @@ DETECTED_BY: dict[str, tuple[str, ...]] = {
     "pv_string_fault": ("pv_string_underperforming", "pv_string_failed"),
     "inverter_overtemp": ("pv_heatsink_forecast", "pv_heatsink_overtemp"),
     "transformer_overload": ("tx_overload_long", "tx_overload", "tx_overload_severe", "tx_top_oil_forecast"),
-    "transformer_cooling_loss": ("tx_top_oil_forecast", "tx_top_oil_alarm", "tx_top_oil_critical"),
-    "stuck_sensor": ("stuck_temperature_dc", "stuck_temperature_ac", "stuck_temperature_pv", "stuck_temperature_tx"),
+    "transformer_cooling_loss": (
+        "tx_top_oil_forecast",
+        "tx_top_oil_above_model",
+        "tx_top_oil_alarm",
+        "tx_top_oil_critical",
+    ),
+    "stuck_sensor": (
+        "stuck_temperature_dc",
+        "stuck_temperature_ac",
+        "stuck_temperature_pv",
+        "stuck_temperature_tx",
+        "dc_meter_stuck",
+        "ac_meter_stuck",
+    ),
     "device_offline": ("device_offline",),
 }
 
