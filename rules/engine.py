@@ -99,6 +99,9 @@ _BINDING_SCHEMA: dict[str, pl.DataType] = {
     "has_when": pl.Boolean(),
     "sentinels": pl.List(pl.Float64()),
     "wrap_at": pl.Float64(),
+    "event_kind": pl.String(),
+    "codes": pl.List(pl.String()),
+    "clear_codes": pl.List(pl.String()),
 }
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -147,7 +150,7 @@ def apply_overrides(rule: Rule, overrides: list[Override]) -> Rule:
     if not overrides:
         return rule
     data = rule.model_dump(by_alias=True)
-    if rule.kind == "expression" or rule.kind in ("offline", "data_gap"):
+    if rule.kind == "expression" or rule.kind in ("offline", "data_gap", "event"):
         data.pop("metric", None)
     for o in overrides:
         data.update(o.set)
@@ -297,6 +300,9 @@ class RuleEngine:
                     "has_when": rule.when is not None,
                     "sentinels": rule.sentinels,
                     "wrap_at": rule.wrap_at,
+                    "event_kind": rule.event_kind,
+                    "codes": rule.codes,
+                    "clear_codes": rule.clear_codes,
                 }
                 for metric in rule.output_metrics:
                     rows.append({**params, "metric": metric})
@@ -572,9 +578,15 @@ class RuleEngine:
             self._now_us = max(self._now_us or latest, latest)
 
     # --- evaluation -----------------------------------------------------------------------------
-    def evaluate(self, readings: pa.Table | pl.DataFrame, now: datetime | None = None) -> list[Finding]:
+    def evaluate(
+        self,
+        readings: pa.Table | pl.DataFrame,
+        now: datetime | None = None,
+        events: pa.Table | pl.DataFrame | None = None,
+    ) -> list[Finding]:
         """Evaluate one tick: the committed readings since the last tick (columns ts, device_id,
-        metric, value, quality) and the windows. `now` is the clock offline rules measure silence
+        metric, value, quality), the device events committed with them (ts, device_id, kind, code, text;
+        for event rules) and the windows. `now` is the clock offline rules measure silence
         against; without it, the newest reading time seen (replays and backtests)."""
         t0 = time.perf_counter()
         frame = readings if isinstance(readings, pl.DataFrame) else pl.from_arrow(readings)
@@ -619,6 +631,14 @@ class RuleEngine:
         invalid = self._by_kind.get("invalid")
         if invalid is not None and checked is not None:
             plans.append(("invalid", invalid, lambda b: kinds.invalid(checked.lazy(), b.lazy())))
+        event_bindings = self._by_kind.get("event")
+        if event_bindings is not None and events is not None and len(events):
+            event_frame = events if isinstance(events, pl.DataFrame) else pl.from_arrow(events)
+            assert isinstance(event_frame, pl.DataFrame)
+            event_lazy = event_frame.lazy().select(
+                pl.col("ts").dt.epoch("us").alias("ts_us"), "device_id", "kind", "code", "text"
+            )
+            plans.append(("event", event_bindings, lambda b: kinds.event(event_lazy, b.lazy())))
         counter = self._by_kind.get("counter")
         counted: pl.DataFrame | None = None
         if counter is not None and good.height:
@@ -671,6 +691,8 @@ class RuleEngine:
                 .select(self._counter_last.columns)
             )
         obs = [o for o in observations if o.height]
+        if event_bindings is not None and obs:
+            self._key_connectors(pl.concat(obs, how="vertical"), event_bindings)
         if obs:
             findings += self._advance(pl.concat(obs, how="vertical"))
         self.last_eval_seconds = time.perf_counter() - t0
@@ -747,6 +769,18 @@ class RuleEngine:
 
                     plans.append(("expression", group, plan))
         return plans
+
+    def _key_connectors(self, obs: pl.DataFrame, event_bindings: pl.DataFrame) -> None:
+        """Event rules are bound per device but keyed per connector (the event text): give each new
+        (rule, device, connector) the parameters of its device's binding."""
+        keys = obs.select(_KEY).unique().join(self._key_params.select(_KEY), on=_KEY, how="anti")
+        if keys.height == 0:
+            return
+        params = event_bindings.select("rule_id", "device_id", "variant", "site", "for_us", "repeat").unique(
+            ["rule_id", "device_id"]
+        )
+        new = keys.join(params, on=["rule_id", "device_id"], how="inner").select(self._key_params.columns)
+        self._key_params = pl.concat([self._key_params, new], how="vertical_relaxed")
 
     def _when_gate(self, stats: pl.LazyFrame, bindings: pl.DataFrame) -> pl.LazyFrame | None:
         """(variant, device_id, ok): each conditional rule's `when` on its devices' window means."""
@@ -872,7 +906,17 @@ class RuleEngine:
 
     # --- state machine --------------------------------------------------------------------------
     def _advance(self, obs: pl.DataFrame) -> list[Finding]:
-        extras = ["seconds_to_limit", "slope_per_s", "peer_median", "ratio", "z", "caused_by", "asymptote", "previous"]
+        extras = [
+            "seconds_to_limit",
+            "slope_per_s",
+            "peer_median",
+            "ratio",
+            "z",
+            "caused_by",
+            "asymptote",
+            "previous",
+            "code",
+        ]
         # Most observations are healthy readings of keys with no state: they change nothing.
         relevant = obs.filter(pl.col("breach")).select(_KEY).unique()
         if self._state.height:
@@ -981,6 +1025,8 @@ class RuleEngine:
             "parent": row["caused_by"] or "",
             "asymptote": row["asymptote"] if row["asymptote"] is not None else float("nan"),
             "previous": row["previous"] if row["previous"] is not None else float("nan"),
+            "code": row["code"] or "",
+            "connector": metric,
         }
         try:
             message = rule.message.format(**fields)

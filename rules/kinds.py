@@ -30,6 +30,7 @@ OBS_SCHEMA: dict[str, pl.DataType] = {
     "caused_by": pl.String(),
     "asymptote": pl.Float64(),
     "previous": pl.Float64(),
+    "code": pl.String(),
 }
 
 
@@ -60,6 +61,32 @@ def threshold(readings: pl.LazyFrame, bindings: pl.LazyFrame) -> pl.LazyFrame:
         readings.join(bindings, on=["device_id", "metric"], how="inner")
         .filter(pl.col("daylight") | ~pl.col("daylight_only"))
         .select("rule_id", "device_id", "metric", "ts_us", "value", breach=breach, cleared=cleared)
+    )
+
+
+def event(events: pl.LazyFrame, bindings: pl.LazyFrame) -> pl.LazyFrame:
+    """Device events (status and fault codes) of the batch: one observation per event of the rule's
+    event kind, keyed by its connector (the event text), so each gun of a pile alerts on its own."""
+    joined = events.join(
+        bindings.select("rule_id", "device_id", "event_kind", "codes", "clear_codes"), on="device_id", how="inner"
+    ).filter(pl.col("kind") == pl.col("event_kind"))
+    breach = pl.col("codes").list.contains(pl.col("code")).fill_null(False)
+    cleared = (
+        pl.when(pl.col("clear_codes").list.len() > 0)
+        .then(pl.col("clear_codes").list.contains(pl.col("code")).fill_null(False))
+        .otherwise(~breach)
+    )
+    return conform(
+        joined.select(
+            "rule_id",
+            "device_id",
+            "ts_us",
+            "code",
+            metric=pl.when(pl.col("text").fill_null("") == "").then(pl.lit("device")).otherwise(pl.col("text")),
+            value=pl.when(breach).then(1.0).otherwise(0.0),
+            breach=breach,
+            cleared=cleared & ~breach,
+        )
     )
 
 

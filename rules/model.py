@@ -13,11 +13,21 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 EventClass = Literal["I", "II", "III"]
 RuleKind = Literal[
-    "threshold", "rate", "trend", "stuck", "offline", "data_gap", "deviation", "expression", "invalid", "counter"
+    "threshold",
+    "rate",
+    "trend",
+    "stuck",
+    "offline",
+    "data_gap",
+    "deviation",
+    "expression",
+    "invalid",
+    "counter",
+    "event",
 ]
 
 # Kinds that watch a device as a whole (its reporting), not one metric.
-DEVICE_KINDS: frozenset[str] = frozenset({"offline", "data_gap"})
+DEVICE_KINDS: frozenset[str] = frozenset({"offline", "data_gap", "event"})
 # The pseudo-metric their findings carry, so the fingerprint stays rule|device|metric.
 TELEMETRY = "telemetry"
 
@@ -95,6 +105,8 @@ MESSAGE_FIELDS = {
     "parent": "TX01",
     "asymptote": 1.0,
     "previous": 1.0,
+    "code": "Faulted",
+    "connector": "gun 1",
 }
 
 
@@ -109,7 +121,7 @@ class Rule(_Model):
     )
     kind: RuleKind = Field(
         "threshold",
-        description="threshold, rate, trend, stuck, offline, data_gap, deviation, expression, invalid, counter.",
+        description="threshold, rate, trend, stuck, offline, data_gap, deviation, expression, invalid, counter, event.",
     )
     # threshold / expression
     above: float | None = Field(None, description="threshold/expression: fire when the value is above this.")
@@ -168,6 +180,19 @@ class Rule(_Model):
         description="invalid: raw values that mean 'not implemented / no data' (e.g. -32768, 65535 from int16/uint16 "
         "registers); besides these, NaN/inf, readings the collector flagged out of range, and values outside "
         "[below, above] count as invalid.",
+    )
+    # event
+    event_kind: str | None = Field(
+        None, description="event: the kind of device event judged (status, fault...), as the collector stores it."
+    )
+    codes: list[str] = Field(
+        default_factory=list,
+        description="event: codes that fire the rule (e.g. Faulted, GroundFailure); judged per connector "
+        "(the event's text, e.g. 'gun 1').",
+    )
+    clear_codes: list[str] = Field(
+        default_factory=list,
+        description="event: codes that clear it (e.g. Available, NoError); empty: any other code of that kind.",
     )
     # counter
     wrap_at: float | None = Field(
@@ -240,6 +265,8 @@ class Rule(_Model):
             raise ValueError(f"a {k} rule needs 'metric'")
         if self.when is not None and k not in ("expression", "stuck"):
             raise ValueError(f"'when' is supported on expression and stuck rules, not on a {k} rule")
+        if k == "event" and (not self.event_kind or not self.codes):
+            raise ValueError("an event rule needs 'event_kind' and 'codes', e.g. event_kind: status, codes: [Faulted]")
         if self.sentinels and k != "invalid":
             raise ValueError("'sentinels' belong to an invalid rule")
         if self.when is not None:
@@ -263,6 +290,8 @@ class Rule(_Model):
                 return v
         if self.kind == "deviation":
             return self.ratio_below if self.ratio_below is not None else self.ratio_above or 0.0
+        if self.kind == "event":
+            return 0.0
         if self.kind in ("invalid", "counter", "stuck"):
             return self.tolerance if self.kind != "invalid" else 0.0
         return self.missed_intervals

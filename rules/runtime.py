@@ -245,9 +245,11 @@ class RulesRuntime:
         self.engine.set_devices(devices)
 
     # --- ticks ------------------------------------------------------------------------------
-    def evaluate(self, readings: pa.Table | pl.DataFrame, now: datetime | None = None) -> list[Finding]:
+    def evaluate(
+        self, readings: pa.Table | pl.DataFrame, now: datetime | None = None, events: pa.Table | None = None
+    ) -> list[Finding]:
         with self._lock:
-            return self.engine.evaluate(readings, now=now or datetime.now(UTC))
+            return self.engine.evaluate(readings, now=now or datetime.now(UTC), events=events)
 
     async def persist(self) -> None:
         """Rewrite `rule_state` if anything changed since the last write."""

@@ -9,7 +9,7 @@ import pytest
 from rules.engine import DeviceInfo, RuleEngine, SiteInfo
 from rules.loader import builtin_pack_files, load_packs
 from simulator.fleet import METRIC_UNITS
-from storage.batch import Quality, readings_from_columns
+from storage.batch import Quality, events_from_columns, readings_from_columns
 from tests.unit.test_rule_kinds import T0, us
 
 TX = DeviceInfo("TX01", "s1", "box_transformer", rated_kw=630, interval_s=60)
@@ -179,3 +179,72 @@ def test_t3_top_oil_above_its_model_fires_and_clears(packs):
     back = tx_readings(4, 0.0, start_h=6)
     later = run_from(e, back, 6 * 3600, 10 * 3600, step_s=300)
     assert [f.action for f in later] == ["clear"]
+
+
+def events(points):
+    """(seconds after T0, device, kind, code, text) -> a committed events batch."""
+    return events_from_columns(
+        [us(T0 + timedelta(seconds=s)) for s, *_ in points],
+        [p[1] for p in points],
+        [p[2] for p in points],
+        [p[3] for p in points],
+        [p[4] for p in points],
+    )
+
+
+def test_e1_connector_faults_per_gun_fire_and_clear(packs):
+    e = engine(packs, [DC], {"dc_connector_fault_critical", "dc_connector_faulted"})
+    e.evaluate(batch([(0, "DC01", "gun1_temp_c", 40.0)]), now=T0)
+    first = e.evaluate(
+        batch([]),
+        now=T0 + timedelta(seconds=10),
+        events=events([(5, "DC01", "status", "Charging", "gun 1"), (6, "DC01", "fault", "HighTemperature", "gun 1")]),
+    )
+    [fire] = first
+    assert (fire.rule_id, fire.action, fire.event_class, fire.metric) == (
+        "dc_connector_fault_critical",
+        "fire",
+        "I",
+        "gun 1",
+    )
+    assert "DC01 gun 1: HighTemperature" in fire.message
+    # Gun 2 faults too; gun 2 coming back does not clear gun 1.
+    second = e.evaluate(
+        batch([]),
+        now=T0 + timedelta(seconds=20),
+        events=events([(12, "DC01", "status", "Faulted", "gun 2"), (15, "DC01", "status", "Available", "gun 1")]),
+    )
+    assert [(f.rule_id, f.action, f.metric, f.event_class) for f in second] == [
+        ("dc_connector_faulted", "fire", "gun 2", "II")
+    ]
+    third = e.evaluate(
+        batch([]),
+        now=T0 + timedelta(seconds=30),
+        events=events([(22, "DC01", "status", "Available", "gun 2"), (25, "DC01", "fault", "NoError", "gun 1")]),
+    )
+    assert sorted((f.rule_id, f.action, f.metric) for f in third) == [
+        ("dc_connector_fault_critical", "clear", "gun 1"),
+        ("dc_connector_faulted", "clear", "gun 2"),
+    ]
+
+
+def test_p2_inverter_safety_events_by_class(packs):
+    inv = DeviceInfo("INV01", "s1", "pv_inverter", rated_kw=100, interval_s=60)
+    e = engine(packs, [inv], {"pv_safety_event_critical", "pv_safety_event", "pv_grid_event"})
+    e.evaluate(batch([(0, "INV01", "ac_power_kw", 40.0)]), now=T0)
+    found = e.evaluate(
+        batch([]),
+        now=T0 + timedelta(seconds=10),
+        events=events(
+            [
+                (1, "INV01", "fault", "ARC_DETECTION", "DC input 1"),
+                (2, "INV01", "fault", "BLOWN_STRING_FUSE", "string 3"),
+                (3, "INV01", "fault", "AC_OVER_VOLT", ""),
+            ]
+        ),
+    )
+    assert sorted((f.rule_id, f.event_class) for f in found) == [
+        ("pv_grid_event", "III"),
+        ("pv_safety_event", "II"),
+        ("pv_safety_event_critical", "I"),
+    ]
