@@ -327,6 +327,9 @@ class RuleEngine:
             keep_us=(pl.col("window_s").max().clip(upper_bound=self.max_window_s) * 1e6).cast(pl.Int64)
         )
         self._key_params = bindings.select(*_KEY, "variant", "site", "for_us", "repeat").unique(_KEY)
+        # Event rules' keys per connector, added to _key_params as connectors appear (see _key_connectors).
+        self._event_keys = pl.DataFrame(schema={k: pl.String() for k in _KEY})
+        self._event_rule_ids = bindings.filter(pl.col("kind") == "event")["rule_id"].unique().to_list()
         # The window sums are rebuilt from the bucket store at the next pass of each shard.
         self._shard_windows = [windows.WindowSums() for _ in range(self.shards)]
         self._deviation_windows = windows.WindowSums()
@@ -773,9 +776,13 @@ class RuleEngine:
     def _key_connectors(self, obs: pl.DataFrame, event_bindings: pl.DataFrame) -> None:
         """Event rules are bound per device but keyed per connector (the event text): give each new
         (rule, device, connector) the parameters of its device's binding."""
-        keys = obs.select(_KEY).unique().join(self._key_params.select(_KEY), on=_KEY, how="anti")
+        event_obs = obs.filter(pl.col("rule_id").is_in(self._event_rule_ids))
+        if event_obs.height == 0:
+            return
+        keys = event_obs.select(_KEY).unique().join(self._event_keys, on=_KEY, how="anti")
         if keys.height == 0:
             return
+        self._event_keys = pl.concat([self._event_keys, keys])
         params = event_bindings.select("rule_id", "device_id", "variant", "site", "for_us", "repeat").unique(
             ["rule_id", "device_id"]
         )
