@@ -102,6 +102,7 @@ _BINDING_SCHEMA: dict[str, pl.DataType] = {
     "event_kind": pl.String(),
     "codes": pl.List(pl.String()),
     "clear_codes": pl.List(pl.String()),
+    "sessions": pl.Int64(),
 }
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -217,6 +218,8 @@ class RuleEngine:
         self._passes = 0
         self.failed_rules: dict[str, str] = {}
         self.late_buckets_amended = 0
+        # The latest charging-session endings per device (for session_endings rules, E12).
+        self._endings = pl.DataFrame(schema={"device_id": pl.String(), "ts_us": pl.Int64(), "reason": pl.String()})
         self.evaluations = 0
         self.readings_evaluated = 0
         self.last_eval_seconds = 0.0
@@ -303,6 +306,7 @@ class RuleEngine:
                     "event_kind": rule.event_kind,
                     "codes": rule.codes,
                     "clear_codes": rule.clear_codes,
+                    "sessions": rule.sessions,
                 }
                 for metric in rule.output_metrics:
                     rows.append({**params, "metric": metric})
@@ -642,6 +646,18 @@ class RuleEngine:
                 pl.col("ts").dt.epoch("us").alias("ts_us"), "device_id", "kind", "code", "text"
             )
             plans.append(("event", event_bindings, lambda b: kinds.event(event_lazy, b.lazy())))
+        ending_bindings = self._by_kind.get("session_endings")
+        if ending_bindings is not None and events is not None and len(events):
+            touched = self._note_endings(events, ending_bindings)
+            if touched.height:
+                endings, touched_lazy = self._endings.lazy(), touched.lazy()
+                plans.append(
+                    (
+                        "session_endings",
+                        ending_bindings,
+                        lambda b: kinds.session_endings(endings, touched_lazy, b.lazy(), now_us),
+                    )
+                )
         counter = self._by_kind.get("counter")
         counted: pl.DataFrame | None = None
         if counter is not None and good.height:
@@ -772,6 +788,31 @@ class RuleEngine:
 
                     plans.append(("expression", group, plan))
         return plans
+
+    def _note_endings(self, events: pa.Table | pl.DataFrame, bindings: pl.DataFrame) -> pl.DataFrame:
+        """Add the tick's charging-session endings (session events with code stop; the stop reason in
+        the text's JSON, as the collector stores `detail`) to each device's latest endings; returns
+        the devices that had one."""
+        frame = events if isinstance(events, pl.DataFrame) else pl.from_arrow(events)
+        assert isinstance(frame, pl.DataFrame)
+        stops = (
+            frame.lazy()
+            .filter((pl.col("kind") == "session") & (pl.col("code") == "stop"))
+            .join(bindings.select("device_id").unique().lazy(), on="device_id", how="semi")
+            .select(
+                "device_id",
+                ts_us=pl.col("ts").dt.epoch("us"),
+                reason=pl.col("text").str.json_path_match("$.reason"),
+            )
+            .collect()
+        )
+        if stops.height == 0:
+            return stops.select("device_id")
+        keep = int(bindings["sessions"].max() or 20)  # type: ignore[arg-type]
+        self._endings = (
+            pl.concat([self._endings, stops]).sort("ts_us").group_by("device_id", maintain_order=True).tail(keep)
+        )
+        return stops.select("device_id").unique()
 
     def _key_connectors(self, obs: pl.DataFrame, event_bindings: pl.DataFrame) -> None:
         """Event rules are bound per device but keyed per connector (the event text): give each new

@@ -90,6 +90,42 @@ def event(events: pl.LazyFrame, bindings: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
+def session_endings(endings: pl.LazyFrame, touched: pl.LazyFrame, bindings: pl.LazyFrame, now_us: int) -> pl.LazyFrame:
+    """E12: the share of abnormal endings among each device's latest `sessions` charging sessions, for
+    the devices with a new ending this tick; judged once that many sessions are known."""
+    latest = (
+        endings.join(touched, on="device_id", how="semi")
+        .join(
+            bindings.select("rule_id", "device_id", "metric", "codes", "sessions", "above", "hysteresis"),
+            on="device_id",
+        )
+        .sort("ts_us")
+        .with_columns(abnormal=pl.col("codes").list.contains(pl.col("reason")).fill_null(False))
+        .with_columns(age=pl.int_range(pl.len()).reverse().over("rule_id", "device_id"))
+        .filter(pl.col("age") < pl.col("sessions"))
+    )
+    judged = latest.group_by("rule_id", "device_id").agg(
+        pl.col("metric").first(),
+        n=pl.len(),
+        share=pl.col("abnormal").mean(),
+        sessions=pl.col("sessions").first(),
+        above=pl.col("above").first(),
+        hysteresis=pl.col("hysteresis").first(),
+    )
+    full = pl.col("n") >= pl.col("sessions")
+    return conform(
+        judged.select(
+            "rule_id",
+            "device_id",
+            "metric",
+            ts_us=pl.lit(now_us, pl.Int64),
+            value=pl.col("share"),
+            breach=full & (pl.col("share") > pl.col("above")),
+            cleared=full & (pl.col("share") <= pl.col("above") - pl.col("hysteresis")),
+        )
+    )
+
+
 def check_invalid(readings: pl.LazyFrame, bindings: pl.LazyFrame, out_of_range: int) -> pl.LazyFrame:
     """Readings of any quality against their invalid rules: `rejected` (a sentinel or outside the
     rule's physical [below, above]: screened from every other rule) and `bad` (rejected, NaN/inf or

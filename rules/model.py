@@ -24,10 +24,11 @@ RuleKind = Literal[
     "invalid",
     "counter",
     "event",
+    "session_endings",
 ]
 
 # Kinds that watch a device as a whole (its reporting), not one metric.
-DEVICE_KINDS: frozenset[str] = frozenset({"offline", "data_gap", "event"})
+DEVICE_KINDS: frozenset[str] = frozenset({"offline", "data_gap", "event", "session_endings"})
 # The pseudo-metric their findings carry, so the fingerprint stays rule|device|metric.
 TELEMETRY = "telemetry"
 
@@ -121,7 +122,8 @@ class Rule(_Model):
     )
     kind: RuleKind = Field(
         "threshold",
-        description="threshold, rate, trend, stuck, offline, data_gap, deviation, expression, invalid, counter, event.",
+        description="threshold, rate, trend, stuck, offline, data_gap, deviation, expression, invalid, counter, event, "
+        "session_endings.",
     )
     # threshold / expression
     above: float | None = Field(None, description="threshold/expression: fire when the value is above this.")
@@ -194,6 +196,13 @@ class Rule(_Model):
         default_factory=list,
         description="event: codes that clear it (e.g. Available, NoError); empty: any other code of that kind.",
     )
+    # session_endings
+    sessions: int = Field(
+        20,
+        ge=2,
+        description="session_endings: how many of the device's latest charging sessions are judged; `codes` are "
+        "the abnormal stop reasons, `above` the share (0..1) that fires.",
+    )
     # counter
     wrap_at: float | None = Field(
         None,
@@ -265,6 +274,11 @@ class Rule(_Model):
             raise ValueError(f"a {k} rule needs 'metric'")
         if self.when is not None and k not in ("expression", "stuck"):
             raise ValueError(f"'when' is supported on expression and stuck rules, not on a {k} rule")
+        if k == "session_endings" and (not self.codes or self.above is None or not 0 <= self.above < 1):
+            raise ValueError(
+                "a session_endings rule needs 'codes' (abnormal stop reasons) and 'above' as a share 0..1, "
+                "e.g. above: 0.2"
+            )
         if k == "event" and (not self.event_kind or not self.codes):
             raise ValueError("an event rule needs 'event_kind' and 'codes', e.g. event_kind: status, codes: [Faulted]")
         if self.sentinels and k != "invalid":

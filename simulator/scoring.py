@@ -101,7 +101,11 @@ def messages_to_events(messages: Iterable[OutMessage]) -> pa.Table:
         devices.append(m.topic.split("/")[2])
         kinds.append(str(body["kind"]))
         codes.append(str(body["code"]))
-        texts.append(body.get("text"))
+        text, detail = body.get("text"), body.get("detail")
+        # As the collector stores it: a session event's detail becomes JSON in the text.
+        if isinstance(detail, dict):
+            text = orjson.dumps({"text": text, **detail} if text is not None else detail).decode()
+        texts.append(text)
     return events_from_columns(ts, devices, kinds, codes, texts)
 
 

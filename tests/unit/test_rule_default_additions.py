@@ -4,6 +4,7 @@ fires on its fault and clears when it is gone."""
 import math
 from datetime import timedelta
 
+import orjson
 import pytest
 
 from rules.engine import DeviceInfo, RuleEngine, SiteInfo
@@ -248,3 +249,29 @@ def test_p2_inverter_safety_events_by_class(packs):
         ("pv_safety_event", "II"),
         ("pv_safety_event_critical", "I"),
     ]
+
+
+def session_stops(device: str, start_s: int, reasons: list[str]):
+    return [
+        (start_s + 60 * i, device, "session", "stop", orjson.dumps({"text": "gun 1", "reason": r}).decode())
+        for i, r in enumerate(reasons)
+    ]
+
+
+def test_e12_share_of_abnormal_session_endings(packs):
+    e = engine(packs, [DC], {"dc_abnormal_session_endings", "dc_abnormal_session_endings_high"})
+    e.evaluate(batch([(0, "DC01", "gun1_temp_c", 40.0)]), now=T0)
+    # 19 sessions, 5 abnormal: not judged before 20 are known.
+    first = ["EVDisconnected"] * 14 + ["PowerLoss", "Other", "EmergencyStop", "Other", "PowerLoss"]
+    assert e.evaluate(batch([]), now=T0 + timedelta(hours=1), events=events(session_stops("DC01", 60, first))) == []
+    # The 20th ends normally: 5 of 20 = 25 % > 20 % -> III.
+    [fire] = e.evaluate(
+        batch([]), now=T0 + timedelta(hours=2), events=events(session_stops("DC01", 3700, ["EVDisconnected"]))
+    )
+    assert (fire.rule_id, fire.action, fire.event_class) == ("dc_abnormal_session_endings", "fire", "III")
+    assert "25% of its last 20 charging sessions" in fire.message
+    # Ten normal endings push the abnormal ones out of the last 20: 0 %, cleared.
+    later = e.evaluate(
+        batch([]), now=T0 + timedelta(hours=3), events=events(session_stops("DC01", 7300, ["EVDisconnected"] * 20))
+    )
+    assert [(f.rule_id, f.action) for f in later] == [("dc_abnormal_session_endings", "clear")]
