@@ -41,6 +41,9 @@ KINDS = ("charger_ac", "charger_dc", "pv_inverter", "box_transformer")
 LEVELS = {"_temp_c": 40.0, "_kw": 20.0, "_kwh": 5000.0, "_v": 230.0, "_a": 10.0, "_pct": 50.0, "_kohm": 3000.0}
 
 
+_EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
+
+
 def level(metric: str) -> float:
     if metric == "load_factor":
         return 0.5
@@ -89,11 +92,15 @@ class Readings:
         base = self.base if devices is None else self.base.filter(pl.col("device_id").is_in(devices.implode()))
         self.calls += 1
         jitter = self.noise.sample(base.height, with_replacement=True, seed=self.calls)
+        # Energy registers count up (a jittering register would be a counter regression every tick).
+        counting = pl.col("base") + (ts - _EPOCH).total_seconds() * 0.01
         return base.select(
             ts=pl.lit(ts, pl.Datetime("us", "UTC")),
             device_id="device_id",
             metric="metric",
-            value=pl.col("base") * (1.0 + jitter),
+            value=pl.when(pl.col("metric").str.ends_with("_kwh"))
+            .then(counting)
+            .otherwise(pl.col("base") * (1.0 + jitter)),
             quality=pl.lit(0, pl.UInt8),
         ).to_arrow()
 

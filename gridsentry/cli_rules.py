@@ -153,7 +153,8 @@ def replay(
     end: datetime,
     step_s: float = 60.0,
 ) -> tuple[list[Finding], int]:
-    """Stored readings from `start` to `end`, fed to a fresh engine `step_s` of data time at a time."""
+    """Stored readings (and device events, for event rules) from `start` to `end`, fed to a fresh engine
+    `step_s` of data time at a time."""
     engine = RuleEngine(loaded.rules + loaded.disabled, units, overrides=loaded.overrides)
     engine.set_sites(sites_from_ledger(con))
     engine.set_devices(devices_from_ledger(con).values())
@@ -176,11 +177,23 @@ def replay(
         slot_us = int(step_s * 1_000_000)
         frame = frame.with_columns(slot=pl.col("ts").dt.epoch("us") // slot_us)
         slots = {int(k[0]): g.drop("slot") for k, g in frame.partition_by("slot", as_dict=True).items()}
+        event_slots: dict[int, pl.DataFrame] = {}
+        if any(r.kind == "event" for r in engine.rules.values()):
+            events = pl.from_arrow(
+                con.execute(
+                    "SELECT ts, device_id, kind, code, text FROM events WHERE ts >= ? AND ts < ? ORDER BY ts",
+                    [t, until],
+                ).to_arrow_table()
+            )
+            assert isinstance(events, pl.DataFrame)
+            events = events.with_columns(slot=pl.col("ts").dt.epoch("us") // slot_us)
+            event_slots = {int(k[0]): g.drop("slot") for k, g in events.partition_by("slot", as_dict=True).items()}
         s = t
         while s < until:
             key = int(s.timestamp() * 1_000_000) // slot_us
             batch = slots.get(key, frame.clear().drop("slot"))
-            findings += engine.evaluate(batch, now=min(until, from_us((key + 1) * slot_us)))
+            now = min(until, from_us((key + 1) * slot_us))
+            findings += engine.evaluate(batch, now=now, events=event_slots.get(key))
             s += step
         t = until
     return findings, total

@@ -54,6 +54,20 @@ class RulesConfig(_Model):
     )
     builtin_packs: bool = Field(True, description="Load the rule packs shipped in rules/packs/.")
     tick_ms: int = Field(500, ge=50, le=60_000, description="How often committed readings are evaluated.")
+    bucket_s: float = Field(
+        30.0,
+        ge=1,
+        le=3600,
+        description="Width in seconds of the time buckets windowed rules (trend, rate, stuck, deviation, "
+        "expression) read; they are judged once per bucket. Wider: less work per device, coarser forecasts.",
+    )
+    shards: int = Field(
+        8,
+        ge=1,
+        le=256,
+        description="Devices are split into this many shards, judged on successive ticks within a bucket, so no "
+        "tick carries the whole fleet's windowed work. Raise it for large fleets with short ticks.",
+    )
 
 
 class SiteConfig(_Model):

@@ -84,6 +84,8 @@ class Service:
             {m.name: m.unit for m in self.catalogue.values()},
             packs=cfg.rules.packs,
             builtin_packs=cfg.rules.builtin_packs,
+            bucket_s=cfg.rules.bucket_s,
+            shards=cfg.rules.shards,
         )
         self.collector_stats = CollectorStats()
         self.collector: MqttCollector | PahoMqttCollector | None = None  # the first broker's; `collectors` holds all
@@ -99,6 +101,8 @@ class Service:
         self.rule_errors = 0
         self.http_url: str | None = None
         self._rules_queue: asyncio.Queue[pa.Table] = asyncio.Queue(maxsize=1000)
+        # Committed device events (status and fault codes) for the event rules, drained with the readings.
+        self._rules_events: list[pa.Table] = []
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._http: uvicorn.Server | None = None
@@ -258,6 +262,8 @@ class Service:
         self.readings_committed[batch.source] += result.readings
         self.events_committed += result.events
         self.dead_letters_committed += result.dead_letters
+        if batch.events.num_rows and len(self._rules_events) < 1000:
+            self._rules_events.append(batch.events)
         if batch.reading_count:
             self.screens.latest.update(batch.readings)
             grouped = batch.readings.group_by("device_id").aggregate([("ts", "max")])
@@ -303,8 +309,10 @@ class Service:
             tables.append(self._rules_queue.get_nowait())
         # Evaluated every tick even without new readings: silence is what offline rules look for.
         readings = pa.concat_tables(tables) if len(tables) > 1 else tables[0] if tables else _NO_READINGS
+        pending_events, self._rules_events = self._rules_events, []
+        events = pa.concat_tables(pending_events) if pending_events else None
         try:
-            findings = await asyncio.to_thread(self.rules_runtime.evaluate, readings)
+            findings = await asyncio.to_thread(self.rules_runtime.evaluate, readings, None, events)
             self.instruments.rule_evaluation_seconds.observe(self.engine.last_eval_seconds)
             if findings:
                 await self.alerts.apply(findings)

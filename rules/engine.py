@@ -29,7 +29,7 @@ import polars as pl
 import pyarrow as pa
 
 from rules import kinds, windows
-from rules.model import TELEMETRY, Finding, Override, Rule, format_duration
+from rules.model import TELEMETRY, Finding, Override, Rule, expression_metrics, format_duration
 from rules.sun import is_daylight
 from storage.batch import Quality
 
@@ -84,6 +84,7 @@ _BINDING_SCHEMA: dict[str, pl.DataType] = {
     "floor": pl.Float64(),
     "noise_factor": pl.Float64(),
     "window_s": pl.Float64(),
+    "tau_s": pl.Float64(),
     "min_points": pl.Int64(),
     "tolerance": pl.Float64(),
     "missed_intervals": pl.Float64(),
@@ -95,6 +96,13 @@ _BINDING_SCHEMA: dict[str, pl.DataType] = {
     "min_peer_median": pl.Float64(),
     "normalise": pl.Boolean(),
     "daylight_only": pl.Boolean(),
+    "has_when": pl.Boolean(),
+    "sentinels": pl.List(pl.Float64()),
+    "wrap_at": pl.Float64(),
+    "event_kind": pl.String(),
+    "codes": pl.List(pl.String()),
+    "clear_codes": pl.List(pl.String()),
+    "sessions": pl.Int64(),
 }
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -143,7 +151,7 @@ def apply_overrides(rule: Rule, overrides: list[Override]) -> Rule:
     if not overrides:
         return rule
     data = rule.model_dump(by_alias=True)
-    if rule.kind == "expression" or rule.kind in ("offline", "data_gap"):
+    if rule.kind == "expression" or rule.kind in ("offline", "data_gap", "event"):
         data.pop("metric", None)
     for o in overrides:
         data.update(o.set)
@@ -166,7 +174,7 @@ class RuleEngine:
         *,
         overrides: Iterable[Override] = (),
         bucket_s: float = 30.0,
-        max_window_s: float = 6 * 3600.0,
+        max_window_s: float = 7 * 86400.0,
         shards: int = 8,
     ) -> None:
         self.rules = {r.id: r for r in rules}
@@ -181,6 +189,11 @@ class RuleEngine:
         self._sites: dict[str, SiteInfo] = {}
         self._variants: dict[str, Rule] = {}
         self._compiled: dict[str, tuple[pl.Expr, pl.Expr | None]] = {}
+        self._when_names: dict[str, list[str]] = {}
+        # The last good reading of each counter rule's (device, metric): what the next one is checked against.
+        self._counter_last = pl.DataFrame(
+            schema={"ts_us": pl.Int64(), "device_id": pl.String(), "metric": pl.String(), "value": pl.Float64()}
+        )
         self._bindings = pl.DataFrame(schema=_BINDING_SCHEMA)
         self._by_kind: dict[str, pl.DataFrame] = {}
         self._window_metrics: set[str] = set()
@@ -188,10 +201,12 @@ class RuleEngine:
         self._state = pl.DataFrame(schema=STATE_SCHEMA)
         self._buckets = pl.DataFrame(schema=_BUCKET_SCHEMA)
         self._last_seen = pl.DataFrame(schema={"device_id": pl.String(), "last_ts": pl.Int64()})
+        self._first_seen = pl.DataFrame(schema={"device_id": pl.String(), "first_ts": pl.Int64()})
         self._now_us: int | None = None
         self._prev_now: int | None = None
         self.shard_passes = 0
         self._stat_keys = pl.DataFrame()
+        self._min_tau_s = 0.0
         self._retention = pl.DataFrame()
         self._key_params = pl.DataFrame()
         self._shard_windows = [windows.WindowSums() for _ in range(self.shards)]
@@ -202,6 +217,9 @@ class RuleEngine:
         self._stuck = pl.DataFrame(schema=windows.STUCK_SCHEMA)
         self._passes = 0
         self.failed_rules: dict[str, str] = {}
+        self.late_buckets_amended = 0
+        # The latest charging-session endings per device (for session_endings rules, E12).
+        self._endings = pl.DataFrame(schema={"device_id": pl.String(), "ts_us": pl.Int64(), "reason": pl.String()})
         self.evaluations = 0
         self.readings_evaluated = 0
         self.last_eval_seconds = 0.0
@@ -270,6 +288,7 @@ class RuleEngine:
                     "floor": rule.floor,
                     "noise_factor": rule.noise_factor,
                     "window_s": rule.window_s if rule.window_s is not None else 300.0,
+                    "tau_s": (rule.time_constant_s or 0.0) if rule.fit == "exponential" else 0.0,
                     "min_points": rule.min_points,
                     "tolerance": rule.tolerance,
                     "missed_intervals": rule.missed_intervals,
@@ -281,6 +300,13 @@ class RuleEngine:
                     "min_peer_median": rule.min_peer_median,
                     "normalise": rule.normalise == "rated_power",
                     "daylight_only": rule.daylight_only,
+                    "has_when": rule.when is not None,
+                    "sentinels": rule.sentinels,
+                    "wrap_at": rule.wrap_at,
+                    "event_kind": rule.event_kind,
+                    "codes": rule.codes,
+                    "clear_codes": rule.clear_codes,
+                    "sessions": rule.sessions,
                 }
                 for metric in rule.output_metrics:
                     rows.append({**params, "metric": metric})
@@ -299,10 +325,15 @@ class RuleEngine:
         self._window_metrics = needed
         self._window_us = int(min(window_s, self.max_window_s) * 1_000_000) + self.bucket_us
         self._stat_keys = self._build_stat_keys(bindings)
+        taus = bindings.filter(pl.col("tau_s") > 0)["tau_s"]
+        self._min_tau_s = float(taus.min()) if taus.len() else 0.0  # type: ignore[arg-type]
         self._retention = self._stat_keys.group_by("metric").agg(
             keep_us=(pl.col("window_s").max().clip(upper_bound=self.max_window_s) * 1e6).cast(pl.Int64)
         )
         self._key_params = bindings.select(*_KEY, "variant", "site", "for_us", "repeat").unique(_KEY)
+        # Event rules' keys per connector, added to _key_params as connectors appear (see _key_connectors).
+        self._event_keys = pl.DataFrame(schema={k: pl.String() for k in _KEY})
+        self._event_rule_ids = bindings.filter(pl.col("kind") == "event")["rule_id"].unique().to_list()
         # The window sums are rebuilt from the bucket store at the next pass of each shard.
         self._shard_windows = [windows.WindowSums() for _ in range(self.shards)]
         self._deviation_windows = windows.WindowSums()
@@ -323,6 +354,9 @@ class RuleEngine:
         }
         self._deviation_keys = self._stat_keys.filter(pl.col("always")).select(windows.KEY)
         for key, rule in self._variants.items():
+            if rule.kind == "stuck" and rule.when and key not in self._compiled:
+                self._compiled[key] = (pl.sql_expr(rule.when), None)
+                self._when_names[key] = expression_metrics(rule.when)
             if rule.kind == "expression" and key not in self._compiled:
                 assert rule.expression is not None
                 self._compiled[key] = (
@@ -337,23 +371,26 @@ class RuleEngine:
         judged every time because peers are compared with each other."""
         parts = [
             bindings.filter(pl.col("kind").is_in(["rate", "trend", "deviation"])).select(
-                "device_id", "metric", "window_s", always=pl.col("kind") == "deviation"
+                "device_id", "metric", "window_s", "tau_s", always=pl.col("kind") == "deviation"
             )
         ]
         for (variant,), group in (
-            bindings.filter(pl.col("kind") == "expression").partition_by("variant", as_dict=True).items()
+            bindings.filter((pl.col("kind") == "expression") | ((pl.col("kind") == "stuck") & pl.col("has_when")))
+            .partition_by("variant", as_dict=True)
+            .items()
         ):
             rule = self._variants[str(variant)]
-            inputs = pl.DataFrame({"metric": rule.input_metrics}, schema={"metric": pl.String()})
+            names = rule.input_metrics if rule.kind == "expression" else expression_metrics(rule.when or "")
+            inputs = pl.DataFrame({"metric": names}, schema={"metric": pl.String()})
             parts.append(
                 group.select("device_id")
                 .unique()
                 .join(inputs, how="cross")
-                .with_columns(window_s=pl.lit(rule.window_s or 300.0), always=pl.lit(False))
+                .with_columns(window_s=pl.lit(rule.window_s or 300.0), tau_s=pl.lit(0.0), always=pl.lit(False))
             )
         return (
             pl.concat(parts, how="vertical_relaxed")
-            .group_by("device_id", "metric", "window_s")
+            .group_by("device_id", "metric", "window_s", "tau_s")
             .agg(pl.col("always").any())
         )
 
@@ -395,12 +432,44 @@ class RuleEngine:
             .collect()
         )
 
+    def _check_invalid(self, frame: pl.DataFrame) -> pl.DataFrame | None:
+        """Every reading of the tick (any quality) against the `invalid` rules bound to its device and
+        metric, once: what the invalid kind judges and what the other kinds must not see."""
+        invalid = self._by_kind.get("invalid")
+        if invalid is None or frame.height == 0:
+            return None
+        return kinds.check_invalid(
+            frame.lazy().select(
+                pl.col("ts").dt.epoch("us").alias("ts_us"),
+                "device_id",
+                "metric",
+                pl.col("value").cast(pl.Float64),
+                pl.col("quality").cast(pl.Int64),
+            ),
+            invalid.lazy(),
+            int(Quality.OUT_OF_RANGE),
+        ).collect()
+
+    def _note_first_seen(self, seen: pl.DataFrame) -> None:
+        """The earliest data of each device: expression rules judge a device only once its data
+        covers their window (a day's mean needs a day)."""
+        self._first_seen = (
+            pl.concat([self._first_seen, seen.select("device_id", "first_ts")])
+            .group_by("device_id")
+            .agg(pl.col("first_ts").min())
+        )
+
     def _fold(self, good: pl.DataFrame, all_readings: pl.DataFrame | None = None) -> None:
         """Add readings to the bucket store and the last-seen table."""
         seen_src = all_readings if all_readings is not None else good
         if seen_src.height:
-            seen = seen_src.group_by("device_id").agg(last_ts=pl.col("ts_us").max())
-            self._last_seen = pl.concat([self._last_seen, seen]).group_by("device_id").agg(pl.col("last_ts").max())
+            seen = seen_src.group_by("device_id").agg(last_ts=pl.col("ts_us").max(), first_ts=pl.col("ts_us").min())
+            self._last_seen = (
+                pl.concat([self._last_seen, seen.select("device_id", "last_ts")])
+                .group_by("device_id")
+                .agg(pl.col("last_ts").max())
+            )
+            self._note_first_seen(seen.select("device_id", "first_ts"))
         if not self._window_metrics or good.height == 0:
             return
         bucket = self.bucket_us
@@ -419,6 +488,24 @@ class RuleEngine:
             )
             .collect()
         )
+        # Buckets before the newest window edge may already be counted in window sums: late data.
+        edges = [w.edge for w in (*self._shard_windows, self._deviation_windows) if w.edge is not None]
+        late = fresh.filter(pl.col("b") < max(edges)).select("device_id", "metric", "b") if edges else fresh.clear()
+        before = self._buckets.join(late, on=["device_id", "metric", "b"], how="semi") if late.height else None
+        self._merge_buckets(fresh)
+        if before is not None:
+            after = self._buckets.join(late, on=["device_id", "metric", "b"], how="semi")
+            shard_of = self._shard_expr()
+            for k, w in enumerate(self._shard_windows):
+                keys = self._shard_keys.get(k)
+                if keys is not None:
+                    w.amend(before.filter(shard_of == k), after.filter(shard_of == k), keys.lazy())
+            if self._deviation_keys.height:
+                self._deviation_windows.amend(before, after, self._deviation_keys.lazy())
+            self.late_buckets_amended += late.height
+
+    def _merge_buckets(self, fresh: pl.DataFrame) -> None:
+        """Merge new bucket rows into the time-sorted store; rows of an existing bucket combine."""
         if fresh.height == 0:
             return
         oldest_fresh = fresh["b"].min()
@@ -468,15 +555,56 @@ class RuleEngine:
             assert isinstance(latest, int)
             self._now_us = max(self._now_us or latest, latest)
 
+    def prime_buckets(self, rollups: pl.DataFrame, width_s: float) -> None:
+        """Fill the windows from stored rollups (`rollup_1m`, `rollup_1h`: columns device_id, metric,
+        bucket (start, UTC), count, sum, min, max, last_ts) without judging anything. A rollup row
+        becomes one bucket of its own width; its readings' mean time is taken as its middle."""
+        if rollups.height == 0 or not self._window_metrics:
+            return
+        rows = (
+            rollups.lazy()
+            .filter(pl.col("metric").is_in(list(self._window_metrics)) & (pl.col("count") > 0))
+            .select(
+                "device_id",
+                "metric",
+                b=pl.col("bucket").dt.epoch("us"),
+                n=pl.col("count").cast(pl.UInt32),
+                s=pl.col("sum").cast(pl.Float64),
+                lo=pl.col("min").cast(pl.Float64),
+                hi=pl.col("max").cast(pl.Float64),
+                toff=pl.col("count").cast(pl.Float64) * (width_s / 2),
+                last_ts=pl.col("last_ts").dt.epoch("us"),
+            )
+            .collect()
+        )
+        self._merge_buckets(rows.select(list(_BUCKET_SCHEMA)).sort("b"))
+        self._note_first_seen(rows.group_by("device_id").agg(first_ts=pl.col("b").min()))
+        if rows.height:
+            latest = rows["last_ts"].max()
+            assert isinstance(latest, int)
+            self._now_us = max(self._now_us or latest, latest)
+
     # --- evaluation -----------------------------------------------------------------------------
-    def evaluate(self, readings: pa.Table | pl.DataFrame, now: datetime | None = None) -> list[Finding]:
+    def evaluate(
+        self,
+        readings: pa.Table | pl.DataFrame,
+        now: datetime | None = None,
+        events: pa.Table | pl.DataFrame | None = None,
+    ) -> list[Finding]:
         """Evaluate one tick: the committed readings since the last tick (columns ts, device_id,
-        metric, value, quality) and the windows. `now` is the clock offline rules measure silence
+        metric, value, quality), the device events committed with them (ts, device_id, kind, code, text;
+        for event rules) and the windows. `now` is the clock offline rules measure silence
         against; without it, the newest reading time seen (replays and backtests)."""
         t0 = time.perf_counter()
         frame = readings if isinstance(readings, pl.DataFrame) else pl.from_arrow(readings)
         assert isinstance(frame, pl.DataFrame)
         good = self._good(frame)
+        checked = self._check_invalid(frame)
+        if checked is not None and good.height:
+            # Sentinels and values outside a G3 rule's limits are that rule's business, never the others'.
+            rejected = checked.filter(pl.col("rejected")).select("ts_us", "device_id", "metric").unique()
+            if rejected.height:
+                good = good.join(rejected, on=["ts_us", "device_id", "metric"], how="anti")
         if frame.height:
             newest = frame.select(pl.col("ts").dt.epoch("us").max()).item()
             newest_us = int(newest) if newest is not None else None
@@ -507,6 +635,35 @@ class RuleEngine:
         if threshold is not None and good.height:
             good_lazy = good.lazy()
             plans.append(("threshold", threshold, lambda b: kinds.threshold(good_lazy, sun(b))))
+        invalid = self._by_kind.get("invalid")
+        if invalid is not None and checked is not None:
+            plans.append(("invalid", invalid, lambda b: kinds.invalid(checked.lazy(), b.lazy())))
+        event_bindings = self._by_kind.get("event")
+        if event_bindings is not None and events is not None and len(events):
+            event_frame = events if isinstance(events, pl.DataFrame) else pl.from_arrow(events)
+            assert isinstance(event_frame, pl.DataFrame)
+            event_lazy = event_frame.lazy().select(
+                pl.col("ts").dt.epoch("us").alias("ts_us"), "device_id", "kind", "code", "text"
+            )
+            plans.append(("event", event_bindings, lambda b: kinds.event(event_lazy, b.lazy())))
+        ending_bindings = self._by_kind.get("session_endings")
+        if ending_bindings is not None and events is not None and len(events):
+            touched = self._note_endings(events, ending_bindings)
+            if touched.height:
+                endings, touched_lazy = self._endings.lazy(), touched.lazy()
+                plans.append(
+                    (
+                        "session_endings",
+                        ending_bindings,
+                        lambda b: kinds.session_endings(endings, touched_lazy, b.lazy(), now_us),
+                    )
+                )
+        counter = self._by_kind.get("counter")
+        counted: pl.DataFrame | None = None
+        if counter is not None and good.height:
+            counted = good.join(counter.select("device_id", "metric").unique(), on=["device_id", "metric"], how="semi")
+            fresh_counts, last_counts = counted.lazy(), self._counter_last.lazy()
+            plans.append(("counter", counter, lambda b: kinds.counter(fresh_counts, last_counts, b.lazy())))
         gap = self._by_kind.get("data_gap")
         all_times = frame.select(pl.col("ts").dt.epoch("us").alias("ts_us"), "device_id") if frame.height else None
         if gap is not None and all_times is not None:
@@ -544,7 +701,17 @@ class RuleEngine:
         if todo:
             plans += self._windowed(now_us, edge, todo, sun)
         observations += self._run(plans, findings)
+        if counted is not None and counted.height:
+            self._counter_last = (
+                pl.concat([self._counter_last, counted.select(list(self._counter_last.columns))])
+                .sort("ts_us")
+                .group_by("device_id", "metric")
+                .last()
+                .select(self._counter_last.columns)
+            )
         obs = [o for o in observations if o.height]
+        if event_bindings is not None and obs:
+            self._key_connectors(pl.concat(obs, how="vertical"), event_bindings)
         if obs:
             findings += self._advance(pl.concat(obs, how="vertical"))
         self.last_eval_seconds = time.perf_counter() - t0
@@ -570,7 +737,7 @@ class RuleEngine:
                 return self._between(lo, hi).filter(shard_of == k)
 
             keys = self._shard_keys.get(k)
-            if keys is not None and (prev is None or w.origin is None):
+            if keys is not None and (prev is None or w.origin is None or self._origin_stale(w, edge)):
                 w.rebuild(self._buckets.filter(shard_of == k), keys.lazy(), edge)
             elif keys is not None and prev is not None and edge > prev:
                 w.advance(between(prev, edge), keys.lazy(), edge)
@@ -583,8 +750,9 @@ class RuleEngine:
             if stuck_bindings is not None:
                 self._stuck = windows.update_stuck(self._stuck, between, stuck_bindings.lazy(), prev, edge)
                 stuck_state = self._stuck.lazy()
+                gate = self._when_gate(stats, stuck_bindings)
                 plans.append(
-                    ("stuck", stuck_bindings, lambda bb, st=stuck_state: kinds.stuck(st, bb.lazy(), edge))  # type: ignore[misc]
+                    ("stuck", stuck_bindings, lambda bb, st=stuck_state, g=gate: kinds.stuck(st, bb.lazy(), edge, g))  # type: ignore[misc]
                 )
             for name, fn in (("rate", kinds.rate), ("trend", kinds.trend)):
                 b = self._shard_kinds.get((name, k))
@@ -603,12 +771,98 @@ class RuleEngine:
                         rule: Rule = rule,
                         st: pl.LazyFrame = stats,
                     ) -> pl.LazyFrame:
+                        window_s = rule.window_s or 300.0
+                        # Judged once the device's data covers the window (less one bucket of slack).
+                        covered = self._first_seen.lazy().filter(
+                            pl.col("first_ts") <= now_us - int(window_s * 1e6) + self.bucket_us
+                        )
                         return kinds.expression(
-                            st, sun(bb), now_us, expr, when, rule.input_metrics, rule.window_s or 300.0
+                            st,
+                            sun(bb).join(covered, on="device_id", how="semi"),
+                            now_us,
+                            expr,
+                            when,
+                            rule.input_metrics,
+                            window_s,
                         )
 
                     plans.append(("expression", group, plan))
         return plans
+
+    def _note_endings(self, events: pa.Table | pl.DataFrame, bindings: pl.DataFrame) -> pl.DataFrame:
+        """Add the tick's charging-session endings (session events with code stop; the stop reason in
+        the text's JSON, as the collector stores `detail`) to each device's latest endings; returns
+        the devices that had one."""
+        frame = events if isinstance(events, pl.DataFrame) else pl.from_arrow(events)
+        assert isinstance(frame, pl.DataFrame)
+        stops = (
+            frame.lazy()
+            .filter((pl.col("kind") == "session") & (pl.col("code") == "stop"))
+            .join(bindings.select("device_id").unique().lazy(), on="device_id", how="semi")
+            .select(
+                "device_id",
+                ts_us=pl.col("ts").dt.epoch("us"),
+                reason=pl.col("text").str.json_path_match("$.reason"),
+            )
+            .collect()
+        )
+        if stops.height == 0:
+            return stops.select("device_id")
+        keep = int(bindings["sessions"].max() or 20)  # type: ignore[arg-type]
+        self._endings = (
+            pl.concat([self._endings, stops]).sort("ts_us").group_by("device_id", maintain_order=True).tail(keep)
+        )
+        return stops.select("device_id").unique()
+
+    def _key_connectors(self, obs: pl.DataFrame, event_bindings: pl.DataFrame) -> None:
+        """Event rules are bound per device but keyed per connector (the event text): give each new
+        (rule, device, connector) the parameters of its device's binding."""
+        event_obs = obs.filter(pl.col("rule_id").is_in(self._event_rule_ids))
+        if event_obs.height == 0:
+            return
+        keys = event_obs.select(_KEY).unique().join(self._event_keys, on=_KEY, how="anti")
+        if keys.height == 0:
+            return
+        self._event_keys = pl.concat([self._event_keys, keys])
+        params = event_bindings.select("rule_id", "device_id", "variant", "site", "for_us", "repeat").unique(
+            ["rule_id", "device_id"]
+        )
+        new = keys.join(params, on=["rule_id", "device_id"], how="inner").select(self._key_params.columns)
+        self._key_params = pl.concat([self._key_params, new], how="vertical_relaxed")
+
+    def _when_gate(self, stats: pl.LazyFrame, bindings: pl.DataFrame) -> pl.LazyFrame | None:
+        """(variant, device_id, ok): each conditional rule's `when` on its devices' window means."""
+        gated = bindings.filter(pl.col("has_when"))
+        if gated.height == 0:
+            return None
+        parts: list[pl.LazyFrame] = []
+        for (variant,), group in gated.partition_by("variant", as_dict=True).items():
+            rule = self._variants[str(variant)]
+            condition, _ = self._compiled[str(variant)]
+            names = self._when_names[str(variant)]
+            means = stats.filter(pl.col("metric").is_in(names) & (pl.col("window_s") == rule.window_s)).select(
+                "device_id", "metric", "mean"
+            )
+            wide = (
+                means.group_by("device_id")
+                .agg([pl.col("mean").filter(pl.col("metric") == m).first().alias(m) for m in names])
+                .drop_nulls(names)
+            )
+            devices = group.select("device_id").unique().lazy()
+            parts.append(
+                wide.join(devices, on="device_id", how="semi").select(
+                    "device_id", variant=pl.lit(str(variant)), ok=condition.cast(pl.Boolean).fill_null(False)
+                )
+            )
+        return pl.concat(parts)
+
+    def _origin_stale(self, w: windows.WindowSums, edge_us: int) -> bool:
+        """Exponential-fit sums weigh a bucket by exp(-(t - origin) / tau): expired buckets outweigh
+        the window's by exp(age / tau), so their rounding error grows with it. Rebuilding from the
+        bucket store once the origin is 20 time constants old keeps that error below 1e-7."""
+        if w.origin is None or not self._min_tau_s:
+            return False
+        return (edge_us - w.origin) / 1e6 > 20 * self._min_tau_s
 
     def _deviation(self, now_us: int, edge: int, sun: Callable[[pl.DataFrame], pl.LazyFrame]) -> list[_Plan]:
         """Peers are compared with each other, so deviation rules judge all devices at once, when
@@ -620,6 +874,8 @@ class RuleEngine:
             return []
         prev = w.edge
         keys = self._deviation_keys.lazy()
+        if self._origin_stale(w, edge):
+            prev = None
         if prev is None or w.origin is None:
             w.rebuild(self._buckets, keys, edge)
         elif edge > prev:
@@ -698,7 +954,17 @@ class RuleEngine:
 
     # --- state machine --------------------------------------------------------------------------
     def _advance(self, obs: pl.DataFrame) -> list[Finding]:
-        extras = ["seconds_to_limit", "slope_per_s", "peer_median", "ratio", "z", "caused_by"]
+        extras = [
+            "seconds_to_limit",
+            "slope_per_s",
+            "peer_median",
+            "ratio",
+            "z",
+            "caused_by",
+            "asymptote",
+            "previous",
+            "code",
+        ]
         # Most observations are healthy readings of keys with no state: they change nothing.
         relevant = obs.filter(pl.col("breach")).select(_KEY).unique()
         if self._state.height:
@@ -805,6 +1071,10 @@ class RuleEngine:
             "z": row["z"] if row["z"] is not None else float("nan"),
             "silence": format_duration(value) if rule.kind in ("offline", "data_gap") and value == value else "",
             "parent": row["caused_by"] or "",
+            "asymptote": row["asymptote"] if row["asymptote"] is not None else float("nan"),
+            "previous": row["previous"] if row["previous"] is not None else float("nan"),
+            "code": row["code"] or "",
+            "connector": metric,
         }
         try:
             message = rule.message.format(**fields)

@@ -12,10 +12,23 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 EventClass = Literal["I", "II", "III"]
-RuleKind = Literal["threshold", "rate", "trend", "stuck", "offline", "data_gap", "deviation", "expression"]
+RuleKind = Literal[
+    "threshold",
+    "rate",
+    "trend",
+    "stuck",
+    "offline",
+    "data_gap",
+    "deviation",
+    "expression",
+    "invalid",
+    "counter",
+    "event",
+    "session_endings",
+]
 
 # Kinds that watch a device as a whole (its reporting), not one metric.
-DEVICE_KINDS: frozenset[str] = frozenset({"offline", "data_gap"})
+DEVICE_KINDS: frozenset[str] = frozenset({"offline", "data_gap", "event", "session_endings"})
 # The pseudo-metric their findings carry, so the fingerprint stays rule|device|metric.
 TELEMETRY = "telemetry"
 
@@ -91,6 +104,10 @@ MESSAGE_FIELDS = {
     "z": 1.0,
     "silence": "1 min",
     "parent": "TX01",
+    "asymptote": 1.0,
+    "previous": 1.0,
+    "code": "Faulted",
+    "connector": "gun 1",
 }
 
 
@@ -104,7 +121,9 @@ class Rule(_Model):
         "Not used by offline / data_gap; derived from the expression for expression rules.",
     )
     kind: RuleKind = Field(
-        "threshold", description="threshold, rate, trend, stuck, offline, data_gap, deviation, expression."
+        "threshold",
+        description="threshold, rate, trend, stuck, offline, data_gap, deviation, expression, invalid, counter, event, "
+        "session_endings.",
     )
     # threshold / expression
     above: float | None = Field(None, description="threshold/expression: fire when the value is above this.")
@@ -124,6 +143,16 @@ class Rule(_Model):
         "so cold devices never page.",
     )
     noise_factor: float = Field(3.0, ge=0, description="trend: slope must exceed this many standard errors.")
+    fit: Literal["linear", "exponential"] = Field(
+        "linear",
+        description="trend: 'linear' (a straight line) or 'exponential' (a first-order approach to an asymptote "
+        "with `time_constant`, the IEC 60076-7 thermal model: the forecast levels off instead of overshooting).",
+    )
+    time_constant_s: float | None = Field(
+        None,
+        alias="time_constant",
+        description="trend with fit: exponential: the time constant of the approach, e.g. 3h for ONAN top oil.",
+    )
     # windows
     window_s: float | None = Field(None, alias="window", description="rate/trend/stuck/deviation: look-back window.")
     min_points: int = Field(4, ge=2, description="Buckets needed in the window before a windowed rule judges.")
@@ -142,7 +171,45 @@ class Rule(_Model):
     )
     # expression
     expression: str | None = Field(None, description="expression: SQL expression over the device's metrics.")
-    when: str | None = Field(None, description="expression/threshold: SQL condition; judged only while it holds.")
+    when: str | None = Field(
+        None,
+        description="expression/stuck: SQL condition over the device's metrics (window means); judged only while "
+        "it holds, e.g. a meter frozen only counts while the pile delivers power.",
+    )
+    # invalid
+    sentinels: list[float] = Field(
+        default_factory=list,
+        description="invalid: raw values that mean 'not implemented / no data' (e.g. -32768, 65535 from int16/uint16 "
+        "registers); besides these, NaN/inf, readings the collector flagged out of range, and values outside "
+        "[below, above] count as invalid.",
+    )
+    # event
+    event_kind: str | None = Field(
+        None, description="event: the kind of device event judged (status, fault...), as the collector stores it."
+    )
+    codes: list[str] = Field(
+        default_factory=list,
+        description="event: codes that fire the rule (e.g. Faulted, GroundFailure); judged per connector "
+        "(the event's text, e.g. 'gun 1').",
+    )
+    clear_codes: list[str] = Field(
+        default_factory=list,
+        description="event: codes that clear it (e.g. Available, NoError); empty: any other code of that kind.",
+    )
+    # session_endings
+    sessions: int = Field(
+        20,
+        ge=2,
+        description="session_endings: how many of the device's latest charging sessions are judged; `codes` are "
+        "the abnormal stop reasons, `above` the share (0..1) that fires.",
+    )
+    # counter
+    wrap_at: float | None = Field(
+        None,
+        gt=0,
+        description="counter: where the register rolls over, in the metric's unit (uint32 Wh read as kWh: "
+        "4294967.296); a drop from above 90 % of it to below 10 % is a wrap, not a regression.",
+    )
     name: str | None = Field(None, description="expression: the name the computed value carries (e.g. efficiency).")
     unit: str | None = Field(None, description="Unit shown for the computed value (default: the metric's).")
     # context
@@ -162,7 +229,7 @@ class Rule(_Model):
     def _one_or_many(cls, v: object) -> object:
         return [v] if isinstance(v, str) else v
 
-    @field_validator("for_s", "horizon_s", "window_s", "min_silence_s", mode="before")
+    @field_validator("for_s", "horizon_s", "window_s", "min_silence_s", "time_constant_s", mode="before")
     @classmethod
     def _duration(cls, v: object) -> object:
         return _duration_or_none(v)
@@ -183,6 +250,14 @@ class Rule(_Model):
             missing = [n for n, v in (("limit", self.limit), ("horizon", self.horizon_s)) if v is None]
             if missing:
                 raise ValueError(f"a trend rule needs {' and '.join(missing)}, e.g. limit: 95, horizon: 1h")
+        if self.fit == "exponential":
+            if k != "trend":
+                raise ValueError(f"fit: exponential is for trend rules; a {k} rule has no fitted curve")
+            if not self.time_constant_s:
+                raise ValueError(
+                    "fit: exponential needs a 'time_constant' longer than 0 s, e.g. time_constant: 3h "
+                    "(IEC 60076-7 ONAN top oil: 180 min)"
+                )
         if k in ("rate", "trend", "stuck") and self.window_s is None:
             raise ValueError(f"a {k} rule needs a 'window', e.g. window: 30m")
         if self.window_s is not None and self.window_s <= 0:
@@ -197,6 +272,17 @@ class Rule(_Model):
             self.metric = [TELEMETRY]
         elif not self.metric:
             raise ValueError(f"a {k} rule needs 'metric'")
+        if self.when is not None and k not in ("expression", "stuck"):
+            raise ValueError(f"'when' is supported on expression and stuck rules, not on a {k} rule")
+        if k == "session_endings" and (not self.codes or self.above is None or not 0 <= self.above < 1):
+            raise ValueError(
+                "a session_endings rule needs 'codes' (abnormal stop reasons) and 'above' as a share 0..1, "
+                "e.g. above: 0.2"
+            )
+        if k == "event" and (not self.event_kind or not self.codes):
+            raise ValueError("an event rule needs 'event_kind' and 'codes', e.g. event_kind: status, codes: [Faulted]")
+        if self.sentinels and k != "invalid":
+            raise ValueError("'sentinels' belong to an invalid rule")
         if self.when is not None:
             expression_metrics(self.when)
         try:
@@ -218,6 +304,10 @@ class Rule(_Model):
                 return v
         if self.kind == "deviation":
             return self.ratio_below if self.ratio_below is not None else self.ratio_above or 0.0
+        if self.kind == "event":
+            return 0.0
+        if self.kind in ("invalid", "counter", "stuck"):
+            return self.tolerance if self.kind != "invalid" else 0.0
         return self.missed_intervals
 
     @property

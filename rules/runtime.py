@@ -27,8 +27,15 @@ from storage.writer import StorageWriter
 
 log = logging.getLogger(__name__)
 
-# Backfill reads at most this much history per start (long windows will come from rollups).
-BACKFILL_LIMIT = timedelta(hours=6)
+# At start-up the windows are refilled from raw readings for the last RAW_BACKFILL, from the
+# 1-minute rollups back to MINUTE_BACKFILL and from the hourly rollups beyond: a trend over days
+# costs a few thousand rows per series instead of every reading.
+RAW_BACKFILL = timedelta(hours=6)
+MINUTE_BACKFILL = timedelta(hours=48)
+
+
+def _floor_hour(ts: datetime) -> datetime:
+    return ts.replace(minute=0, second=0, microsecond=0)
 
 
 def pack_files(packs: Iterable[Path], builtin: bool) -> list[Path]:
@@ -98,25 +105,33 @@ class RulesRuntime:
         packs: Iterable[Path] = (),
         builtin_packs: bool = True,
         bucket_s: float = 30.0,
+        shards: int = 8,
     ) -> None:
         self.writer = writer
         self.units = dict(units)
         self.packs = list(packs)
         self.builtin_packs = builtin_packs
         self.bucket_s = bucket_s
+        self.shards = shards
         self.loaded = LoadedRules()
-        self.engine = RuleEngine([], self.units, bucket_s=bucket_s)
+        self.engine = RuleEngine([], self.units, bucket_s=bucket_s, shards=shards)
         self.devices: dict[str, DeviceInfo] = {}
         self.sites: list[SiteInfo] = []
         self.reload_problems: list[str] = []
         self.state_writes = 0
+        # What the last start-up or reload refilled the windows from.
+        self.backfilled = {"readings": 0, "rollup_buckets": 0}
         # Evaluation runs on a worker thread; a reload swaps the engine between two ticks, never during one.
         self._lock = threading.Lock()
 
     # --- loading ----------------------------------------------------------------------------
     def _build(self, loaded: LoadedRules) -> RuleEngine:
         engine = RuleEngine(
-            loaded.rules + loaded.disabled, self.units, overrides=loaded.overrides, bucket_s=self.bucket_s
+            loaded.rules + loaded.disabled,
+            self.units,
+            overrides=loaded.overrides,
+            bucket_s=self.bucket_s,
+            shards=self.shards,
         )
         engine.set_sites(self.sites)
         engine.set_devices(self.devices.values())
@@ -163,32 +178,65 @@ class RulesRuntime:
         return []
 
     def _backfill(self) -> None:
-        """Refill each metric's window (its longest, at most BACKFILL_LIMIT) from stored readings."""
-        spans = {m: min(sec, BACKFILL_LIMIT.total_seconds()) for m, sec in self.engine.window_spans().items()}
+        """Refill each metric's window (its longest) from storage: raw readings for the recent hours,
+        `rollup_1m` and `rollup_1h` for the days before (see RAW_BACKFILL, MINUTE_BACKFILL)."""
+        spans = self.engine.window_spans()
         if not spans:
             return
         now = datetime.now(UTC)
-        since = now - timedelta(seconds=max(spans.values()))
+        # Whole hours, so a minute or hour rollup never straddles two sources.
+        raw_since = _floor_hour(now - RAW_BACKFILL)
+        minute_since = _floor_hour(now - MINUTE_BACKFILL)
+        oldest = now - timedelta(seconds=max(spans.values()))
         metrics = sorted(spans)
+        cutoff = {m: int((now - timedelta(seconds=sec)).timestamp() * 1_000_000) for m, sec in spans.items()}
+
+        def within_window(frame: pl.DataFrame, ts: str) -> pl.DataFrame:
+            return frame.filter(
+                pl.col(ts).dt.epoch("us") >= pl.col("metric").replace_strict(cutoff, default=0, return_dtype=pl.Int64)
+            )
+
         con = self.writer.reader()
         try:
             history = con.execute(
                 "SELECT ts, device_id, metric, value, quality FROM readings WHERE ts >= ? AND metric IN "
                 "(SELECT unnest(?::VARCHAR[]))",
-                [since, metrics],
+                [max(oldest, raw_since), metrics],
             ).to_arrow_table()
+            rollups: list[tuple[pa.Table, float]] = []
+            for table, width_s, lo, hi in (
+                ("rollup_1h", 3600.0, oldest, minute_since),
+                ("rollup_1m", 60.0, max(oldest, minute_since), raw_since),
+            ):
+                if lo >= hi:
+                    continue
+                # The bucket's start is inside the window; its mean time (the middle) stays inside too.
+                rows = con.execute(
+                    f"SELECT device_id, metric, bucket, count, sum, min, max, last_ts FROM {table} "
+                    "WHERE bucket >= ? AND bucket < ? AND metric IN (SELECT unnest(?::VARCHAR[]))",
+                    [lo, hi, metrics],
+                ).to_arrow_table()
+                rollups.append((rows, width_s))
         finally:
             con.close()
-        if not history.num_rows:
-            return
-        frame = pl.from_arrow(history)
-        assert isinstance(frame, pl.DataFrame)
-        cutoff = {m: int((now - timedelta(seconds=sec)).timestamp() * 1_000_000) for m, sec in spans.items()}
-        frame = frame.filter(
-            pl.col("ts").dt.epoch("us") >= pl.col("metric").replace_strict(cutoff, default=0, return_dtype=pl.Int64)
-        ).sort("ts")
-        self.engine.prime(frame)
-        log.info("rules: windows refilled from %d stored readings", frame.height)
+        from_rollups = 0
+        for rows, width_s in rollups:
+            if rows.num_rows:
+                frame = pl.from_arrow(rows)
+                assert isinstance(frame, pl.DataFrame)
+                frame = within_window(frame, "bucket")
+                self.engine.prime_buckets(frame, width_s)
+                from_rollups += frame.height
+        raw = 0
+        if history.num_rows:
+            frame = pl.from_arrow(history)
+            assert isinstance(frame, pl.DataFrame)
+            frame = within_window(frame, "ts").sort("ts")
+            self.engine.prime(frame)
+            raw = frame.height
+        self.backfilled = {"readings": raw, "rollup_buckets": from_rollups}
+        if raw or from_rollups:
+            log.info("rules: windows refilled from %d stored readings and %d rollup buckets", raw, from_rollups)
 
     def set_devices(self, devices: Iterable[DeviceInfo]) -> None:
         devices = list(devices)
@@ -197,9 +245,11 @@ class RulesRuntime:
         self.engine.set_devices(devices)
 
     # --- ticks ------------------------------------------------------------------------------
-    def evaluate(self, readings: pa.Table | pl.DataFrame, now: datetime | None = None) -> list[Finding]:
+    def evaluate(
+        self, readings: pa.Table | pl.DataFrame, now: datetime | None = None, events: pa.Table | None = None
+    ) -> list[Finding]:
         with self._lock:
-            return self.engine.evaluate(readings, now=now or datetime.now(UTC))
+            return self.engine.evaluate(readings, now=now or datetime.now(UTC), events=events)
 
     async def persist(self) -> None:
         """Rewrite `rule_state` if anything changed since the last write."""
@@ -218,4 +268,5 @@ class RulesRuntime:
             "reload_problems": self.reload_problems,
             "failed_rules": dict(self.engine.failed_rules),
             "firing": self.engine.firing().height,
+            "backfilled": dict(self.backfilled),
         }

@@ -20,13 +20,14 @@ from rules.model import Finding
 from simulator.core import FleetSimulator, OutMessage
 from simulator.faults import FaultRecord, FaultSpec
 from simulator.fleet import METRIC_UNITS, DeviceSpec, SiteSpec
-from storage.batch import readings_from_columns
+from storage.batch import events_from_columns, readings_from_columns
 
 __all__ = [
     "DETECTED_BY",
     "LEAD_PAIRS",
     "FaultScore",
     "ScenarioResult",
+    "messages_to_events",
     "messages_to_readings",
     "run_scenario",
     "score",
@@ -45,8 +46,20 @@ DETECTED_BY: dict[str, tuple[str, ...]] = {
     "pv_string_fault": ("pv_string_underperforming", "pv_string_failed"),
     "inverter_overtemp": ("pv_heatsink_forecast", "pv_heatsink_overtemp"),
     "transformer_overload": ("tx_overload_long", "tx_overload", "tx_overload_severe", "tx_top_oil_forecast"),
-    "transformer_cooling_loss": ("tx_top_oil_forecast", "tx_top_oil_alarm", "tx_top_oil_critical"),
-    "stuck_sensor": ("stuck_temperature_dc", "stuck_temperature_ac", "stuck_temperature_pv", "stuck_temperature_tx"),
+    "transformer_cooling_loss": (
+        "tx_top_oil_forecast",
+        "tx_top_oil_above_model",
+        "tx_top_oil_alarm",
+        "tx_top_oil_critical",
+    ),
+    "stuck_sensor": (
+        "stuck_temperature_dc",
+        "stuck_temperature_ac",
+        "stuck_temperature_pv",
+        "stuck_temperature_tx",
+        "dc_meter_stuck",
+        "ac_meter_stuck",
+    ),
     "device_offline": ("device_offline",),
 }
 
@@ -71,6 +84,29 @@ def device_info(spec: DeviceSpec) -> DeviceInfo:
         parent=spec.parent,
         model=spec.model,
     )
+
+
+def messages_to_events(messages: Iterable[OutMessage]) -> pa.Table:
+    """Event messages (status and fault codes) to an events batch, as the collector stores them."""
+    ts: list[int] = []
+    devices: list[str] = []
+    kinds: list[str] = []
+    codes: list[str] = []
+    texts: list[str | None] = []
+    for m in messages:
+        if m.kind != "event":
+            continue
+        body = orjson.loads(m.payload)
+        ts.append(int(datetime.fromisoformat(body["ts"]).timestamp() * 1_000_000))
+        devices.append(m.topic.split("/")[2])
+        kinds.append(str(body["kind"]))
+        codes.append(str(body["code"]))
+        text, detail = body.get("text"), body.get("detail")
+        # As the collector stores it: a session event's detail becomes JSON in the text.
+        if isinstance(detail, dict):
+            text = orjson.dumps({"text": text, **detail} if text is not None else detail).decode()
+        texts.append(text)
+    return events_from_columns(ts, devices, kinds, codes, texts)
 
 
 def messages_to_readings(messages: Iterable[OutMessage]) -> pa.Table:
@@ -131,10 +167,11 @@ def run_scenario(
     result = ScenarioResult(findings, sim.ground_truth, devices, start, end)
     while now < end:
         now = min(end, now + timedelta(seconds=feed_s))
-        batch = messages_to_readings(sim.step(now))
+        messages = sim.step(now)
+        batch = messages_to_readings(messages)
         result.readings += batch.num_rows
         result.ticks += 1
-        findings += engine.evaluate(batch, now=now)
+        findings += engine.evaluate(batch, now=now, events=messages_to_events(messages))
     return result
 
 

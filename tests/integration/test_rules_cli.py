@@ -1,6 +1,7 @@
 """`gridsentry rules check|list|test` on real packs and a real DuckDB; rule state across a restart."""
 
 import asyncio
+import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from simulator import METRIC_UNITS, demo_fleet, demo_site
 from simulator.core import FleetSimulator
 from simulator.faults import FaultSpec
 from simulator.scoring import messages_to_readings
-from storage.batch import IngestBatch, readings_from_columns
+from storage.batch import IngestBatch, events_from_columns, readings_from_columns
 from storage.ledger import sync_ledger
 from storage.writer import StorageWriter
 
@@ -208,3 +209,36 @@ def test_http_status_and_reload(tmp_path: Path):
         assert len(client.get("/api/rules").json()["firing"]) >= 2  # state carried over the reload
     finally:
         writer.close()
+
+
+def test_backtest_replays_stored_events_for_event_rules(history_db: Path, tmp_path: Path):
+    copy = tmp_path / "gs.duckdb"
+    shutil.copy(history_db, copy)
+    writer = StorageWriter(copy)
+    writer.start()
+    try:
+        at = int((START + timedelta(minutes=45)).timestamp() * 1_000_000)
+        fault = events_from_columns([at], ["DC01"], ["fault"], ["GroundFailure"], ["gun 2"])
+        writer.append_sync(IngestBatch(events=fault))
+    finally:
+        writer.close()
+    result = runner.invoke(
+        app,
+        [
+            "rules",
+            "test",
+            "charger_dc",
+            "--db",
+            str(copy),
+            "--from",
+            START.isoformat(),
+            "--to",
+            (START + timedelta(hours=2)).isoformat(),
+        ],
+        env={"COLUMNS": "200"},
+    )
+    assert result.exit_code == 0, result.output
+    assert any("dc_connector_fault_critical" in line and "DC01" in line for line in result.output.splitlines()), (
+        result.output
+    )
+    assert "GroundFailure" in result.output
