@@ -32,6 +32,7 @@ from gridsentry import __version__
 from gridsentry.auth import hash_token, new_token, read_local_token
 from gridsentry.cli_alerts import alerts_app, oncall_app, sla_app
 from gridsentry.cli_db import db_app
+from gridsentry.cli_maintenance import maintenance_app
 from gridsentry.cli_report import report_app
 from gridsentry.cli_rules import rules_app
 from gridsentry.config import Config, ConfigError, example_yaml, load_config
@@ -58,6 +59,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(alerts_app, name="alerts")
 app.add_typer(oncall_app, name="oncall")
 app.add_typer(sla_app, name="sla")
+app.add_typer(maintenance_app, name="maintenance")
 app.add_typer(rules_app, name="rules")
 app.add_typer(report_app, name="report")
 
