@@ -115,6 +115,7 @@ class AlertLifecycle:
         self.breaches = 0
         self.prewarnings = 0
         self.suppressed = 0
+        self._warned_no_contacts: set[str] = set()
 
     @property
     def policy(self) -> SlaPolicy:
@@ -350,7 +351,8 @@ class AlertLifecycle:
         for _, person in people:
             if person.contacts:
                 rows.append(("apprise", person.id))
-            else:
+            elif person.id not in self._warned_no_contacts:  # once per person: the outbox shows every page
+                self._warned_no_contacts.add(person.id)
                 log.warning("%s is paged for alert #%d but has no contacts configured", person.id, alert["alert_id"])
         return enqueue(con, alert["alert_id"], kind, payload, key, rows, now)
 

@@ -30,7 +30,7 @@ from rich.table import Table
 from collector.modbus.cli import modbus_app
 from gridsentry import __version__
 from gridsentry.auth import hash_token, new_token, read_local_token
-from gridsentry.cli_alerts import alerts_app, oncall_app, sla_app
+from gridsentry.cli_alerts import alerts_app, duty_line_of, oncall_app, sla_app
 from gridsentry.cli_db import db_app
 from gridsentry.cli_maintenance import maintenance_app
 from gridsentry.cli_report import report_app
@@ -210,6 +210,7 @@ def _banner(run_: Any, startup_s: float) -> None:
         *[(f"Token: {role}", token) for role, token in run_.tokens.items()],
         ("Devices", f"{url}/api/devices"),
         ("Alerts", f"{url}/api/alerts"),
+        ("On call", f"{duty_line_of(s)}  (gridsentry oncall now{dd_arg})"),
         ("Wall screen", f"{url}/  (open alerts with SLA countdowns, fleet tiles, power; no token needed in the demo)"),
         ("Metrics", f"{url}/metrics"),
         ("Health", f"{url}/healthz  {url}/readyz"),
