@@ -126,7 +126,8 @@ class AlertLifecycle:
         if not findings:
             return []
         now = self.clock()
-        changes, queued = await self._writer.run(lambda con: self._apply(con, findings, now))
+        # Urgent: the alert and its pages go ahead of ingest batches waiting for the writer.
+        changes, queued = await self._writer.run(lambda con: self._apply(con, findings, now), urgent=True)
         self._after(queued or len(changes))
         for c in changes:
             f = c.finding
@@ -378,7 +379,7 @@ class AlertLifecycle:
     ) -> None:
         now = self.clock()
         queued = await self._writer.run(
-            lambda con: self._transition(con, alert_id, action, actor, comment, assignee, now)
+            lambda con: self._transition(con, alert_id, action, actor, comment, assignee, now), urgent=True
         )
         self._after(queued)
 
@@ -487,7 +488,7 @@ class AlertLifecycle:
     async def tick(self) -> int:
         """Check every open alert's clocks once; returns the notifications queued."""
         now = self.clock()
-        queued = await self._writer.run(lambda con: self._tick(con, now))
+        queued = await self._writer.run(lambda con: self._tick(con, now), urgent=True)
         self._after(queued)
         return queued
 
