@@ -18,7 +18,7 @@ What it does, in one run:
     .venv/bin/python bench/alert_latency.py                    # 40 probes, 50,000 readings/s background
     .venv/bin/python bench/alert_latency.py --probes 60 --json alert_latency.json
     .venv/bin/python bench/alert_latency.py --baseline-probes 0   # GridSentry only
-    .venv/bin/python bench/alert_latency.py --compare-fifo        # also the writer without its urgent lane
+    .venv/bin/python bench/alert_latency.py --compare-before      # also as before ADRs 36-37, in the same run
 """
 
 from __future__ import annotations
@@ -266,9 +266,9 @@ def _am_arrival(receiver: Receiver, probe: int) -> float | None:
 
 
 # --- GridSentry --------------------------------------------------------------------------------------------
-async def gridsentry(args: argparse.Namespace, tmp: Path, *, fifo: bool = False) -> dict[str, Any]:
-    """`fifo`: every writer job in one queue, as before ADR 36 (the urgent lane off), for the comparison."""
-    tmp = tmp / ("fifo" if fifo else "lanes")
+async def gridsentry(args: argparse.Namespace, tmp: Path, *, before: bool = False) -> dict[str, Any]:
+    """`before`: every writer job in one queue and rules evaluated on the tick only, as before ADRs 36 and 37."""
+    tmp = tmp / ("before" if before else "shipped")
     tmp.mkdir()
     tmp.chmod(0o777)
     wl = Workload(args.devices, args.readings_per_message, args.seed)
@@ -363,17 +363,18 @@ async def gridsentry(args: argparse.Namespace, tmp: Path, *, fifo: bool = False)
                 return 0
 
         def timed_transaction(con: Any, job: Any) -> Any:
-            t0, before = time.time(), wal_bytes()
+            t0, wal_before = time.time(), wal_bytes()
             try:
                 return in_transaction(con, job)
             finally:
                 t1 = time.time()
                 if t1 - t0 > 0.15:
                     what = getattr(job, "__qualname__", str(job)).replace(".<locals>.<lambda>", "")
-                    slow_jobs.append((t0, t1, what + (" + checkpoint" if wal_bytes() < before else "")))
+                    slow_jobs.append((t0, t1, what + (" + checkpoint" if wal_bytes() < wal_before else "")))
 
         svc.writer._in_transaction = timed_transaction  # type: ignore[method-assign]
-        if fifo:
+        if before:
+            svc.rules_fresh_gap_s = None
             submit = svc.writer.submit
             svc.writer.submit = lambda job, urgent=False: submit(job)  # type: ignore[method-assign]
         await svc.start()
@@ -417,7 +418,7 @@ async def gridsentry(args: argparse.Namespace, tmp: Path, *, fifo: bool = False)
             if all(i in d for d in (stored, eval_start, eval_end, committed, handed))
         }
         return {
-            "consumer": "GridSentry, one FIFO writer queue" if fifo else "GridSentry",
+            "consumer": "GridSentry before ADRs 36-37" if before else "GridSentry",
             "probes": len(published),
             "stages_by_probe": stages,
             "slow_jobs": [
@@ -543,9 +544,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--broker-inflight", type=int, default=1000, help="broker max_inflight_messages (default 1000)")
     p.add_argument("--seed", type=int, default=1, help="random seed of the background values")
     p.add_argument(
-        "--compare-fifo",
+        "--compare-before",
         action="store_true",
-        help="first run GridSentry with one FIFO writer queue (the urgent lane off), then as shipped, and compare",
+        help="first run GridSentry as before ADRs 36-37 (one FIFO writer queue, rules on the tick only), then as "
+        "shipped, and compare",
     )
     p.add_argument("--json", type=Path, help="write every figure to this JSON file")
     return p.parse_args(argv)
@@ -559,30 +561,27 @@ async def amain(args: argparse.Namespace) -> int:
         if args.baseline_probes > 0:
             print(f"Prometheus + Alertmanager: {args.baseline_probes} probes ...", flush=True)
             base = await prometheus_baseline(args, tmp)
+        old = None
+        if args.compare_before:
+            print(f"GridSentry before ADRs 36-37: {args.probes} probes under load ...", flush=True)
+            old = await gridsentry(args, tmp, before=True)
         print(f"GridSentry: {args.probes} probes under load ...", flush=True)
-        fifo = None
-        if args.compare_fifo:
-            print(
-                f"GridSentry with one FIFO writer queue (before ADR 36): {args.probes} probes under load ...",
-                flush=True,
-            )
-            fifo = await gridsentry(args, tmp, fifo=True)
         gs = await gridsentry(args, tmp)
-        if fifo is not None:
+        if old is not None:
             print()
-            print("=== the same GridSentry with one FIFO writer queue (urgent lane off), in this run:")
-            report(args, None, fifo)
+            print("=== before: one FIFO writer queue, rules evaluated on the tick only (in this run):")
+            report(args, None, old)
             print()
-            print("=== GridSentry as shipped (alert transitions and rule state in the writer's urgent lane):")
+            print("=== as shipped: urgent writer lane (ADR 36), fresh readings evaluated at once (ADR 37):")
         ok = report(args, base, gs)
-        if fifo is not None:
+        if old is not None:
             print(
-                "FIFO queue / urgent lane: "
+                "before / shipped: "
                 + ", ".join(
                     f"{what} {k} {a / b:.2f}x"
                     for what, key in (("alert handed", "latency_s"), ("rules + alerts", "stage_latency_s"))
                     for k in ("p50", "p90", "p99")
-                    if (a := fifo[key][k]) and (b := gs[key][k])
+                    if (a := old[key][k]) and (b := gs[key][k])
                 )
             )
         if args.json:
@@ -594,7 +593,7 @@ async def amain(args: argparse.Namespace) -> int:
                 "versions": versions(),
                 "baseline": base,
                 "gridsentry": gs,
-                "gridsentry_fifo_writer": fifo,
+                "gridsentry_before": old,
             }
             args.json.write_text(json.dumps(info, indent=2, default=str))
         return 0 if ok else 1
