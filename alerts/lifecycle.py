@@ -14,17 +14,27 @@ unacknowledged alerts climb the escalation chain, maintenance windows and silenc
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 from zoneinfo import ZoneInfo
 
 import duckdb
 import orjson
 
+from alerts.maintenance import (
+    MaintenanceRequest,
+    cancel_window,
+    fetch_window,
+    insert_window,
+    live_windows,
+    validate_cancel,
+    validate_new,
+)
 from alerts.notify.message import build_payload
 from alerts.oncall import OnCall, Person
 from alerts.settings import AlertsConfig
@@ -45,6 +55,7 @@ log = logging.getLogger("gridsentry.alerts")
 OPEN_STATES = ("pending", "firing", "acknowledged")
 SYSTEM_ACTOR = "gridsentry"
 Clock = Callable[[], datetime]
+T = TypeVar("T")
 
 ALERT_COLUMNS = (
     "alert_id, fingerprint, rule_id, device_id, site, event_class, state, title, message, metric, value, "
@@ -104,6 +115,7 @@ class AlertLifecycle:
         self.breaches = 0
         self.prewarnings = 0
         self.suppressed = 0
+        self._warned_no_contacts: set[str] = set()
 
     @property
     def policy(self) -> SlaPolicy:
@@ -114,7 +126,8 @@ class AlertLifecycle:
         if not findings:
             return []
         now = self.clock()
-        changes, queued = await self._writer.run(lambda con: self._apply(con, findings, now))
+        # Urgent: the alert and its pages go ahead of ingest batches waiting for the writer.
+        changes, queued = await self._writer.run(lambda con: self._apply(con, findings, now), urgent=True)
         self._after(queued or len(changes))
         for c in changes:
             f = c.finding
@@ -339,7 +352,8 @@ class AlertLifecycle:
         for _, person in people:
             if person.contacts:
                 rows.append(("apprise", person.id))
-            else:
+            elif person.id not in self._warned_no_contacts:  # once per person: the outbox shows every page
+                self._warned_no_contacts.add(person.id)
                 log.warning("%s is paged for alert #%d but has no contacts configured", person.id, alert["alert_id"])
         return enqueue(con, alert["alert_id"], kind, payload, key, rows, now)
 
@@ -365,7 +379,7 @@ class AlertLifecycle:
     ) -> None:
         now = self.clock()
         queued = await self._writer.run(
-            lambda con: self._transition(con, alert_id, action, actor, comment, assignee, now)
+            lambda con: self._transition(con, alert_id, action, actor, comment, assignee, now), urgent=True
         )
         self._after(queued)
 
@@ -474,7 +488,7 @@ class AlertLifecycle:
     async def tick(self) -> int:
         """Check every open alert's clocks once; returns the notifications queued."""
         now = self.clock()
-        queued = await self._writer.run(lambda con: self._tick(con, now))
+        queued = await self._writer.run(lambda con: self._tick(con, now), urgent=True)
         self._after(queued)
         return queued
 
@@ -502,6 +516,16 @@ class AlertLifecycle:
                 )
                 _event(con, aid, now, "closed", SYSTEM_ACTOR, "closed automatically after staying resolved")
             return 0
+        if a["suppressed"] is None:
+            w = self.maintenance.active(a["device_id"], a["site"], now)
+            if w is not None:  # a window began while the alert was open: the planned work takes the device over
+                con.execute(
+                    "UPDATE alerts SET suppressed = ?, updated_at = ? WHERE alert_id = ?",
+                    [f"maintenance:{w.id}", now, aid],
+                )
+                _event(con, aid, now, "suppressed", SYSTEM_ACTOR, f"maintenance window {w.id} began: {w.reason}")
+                self.suppressed += 1
+                return 0
         if a["suppressed"] is not None:
             if self._suppression_over(con, str(a["suppressed"]), now):
                 con.execute("UPDATE alerts SET suppressed = NULL WHERE alert_id = ?", [aid])
@@ -620,6 +644,13 @@ class AlertLifecycle:
         self._after(queued)
         return queued
 
+    def _read(self, query: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+        con = self._writer.reader()
+        try:
+            return query(con)
+        finally:
+            con.close()
+
     def open_fingerprints(self) -> list[str]:
         """Fingerprints of open alerts: what a restarted rule engine should treat as already firing."""
         con = self._writer.reader()
@@ -632,13 +663,60 @@ class AlertLifecycle:
         return [str(r[0]) for r in rows]
 
     def sync_maintenance(self, con: duckdb.DuckDBPyConnection) -> None:
-        """Mirror the configured maintenance windows into their table (for SQL and reports)."""
-        con.execute("DELETE FROM maintenance_windows")
+        """Mirror the config's maintenance windows into their table, then plan with every live window in it
+        (the config's and those operators announced through the API)."""
+        now = self.clock()
+        con.execute("DELETE FROM maintenance_windows WHERE source = 'config'")
         for w in self.cfg.maintenance:
+            clash = con.execute("SELECT created_by FROM maintenance_windows WHERE window_id = ?", [w.id]).fetchone()
+            if clash is not None:
+                log.warning(
+                    "maintenance window %s in the config replaces the one %s announced with the same id", w.id, clash[0]
+                )
+                con.execute("DELETE FROM maintenance_windows WHERE window_id = ?", [w.id])
             con.execute(
-                "INSERT INTO maintenance_windows VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [w.id, w.start, w.end, w.announced_at, w.devices, w.sites, w.reason],
+                "INSERT INTO maintenance_windows (window_id, starts_at, ends_at, announced_at, devices, sites, reason, "
+                "source, created_at, created_by) VALUES (?, ?, ?, ?, ?, ?, ?, 'config', ?, 'config file')",
+                [w.id, w.start, w.end, w.announced_at, w.devices, w.sites, w.reason, now],
             )
+        self.maintenance = MaintenancePlan(live_windows(con, now))
+
+    async def add_maintenance(self, actor: str, req: MaintenanceRequest) -> dict[str, Any]:
+        """Store an announced window (refused when it breaks the contract's notice); returns its row."""
+        now = self.clock()
+        notice = timedelta(seconds=self.cfg.maintenance_notice)
+        # Refusals are checked on a reader first: an operator's mistake is no failed database write.
+        await asyncio.to_thread(self._read, lambda con: validate_new(con, req, now=now, notice=notice))
+
+        def job(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+            window_id = insert_window(con, req, actor=actor, now=now, notice=notice)
+            self.maintenance = MaintenancePlan(live_windows(con, now))
+            row = fetch_window(con, window_id, now)
+            assert row is not None
+            return row
+
+        row = await self._writer.run(job)
+        log.warning(
+            "maintenance window %s announced by %s: %s to %s, devices %s, sites %s (%s)",
+            row["window_id"], actor, row["starts_at"], row["ends_at"], row["devices"], row["sites"], row["reason"],
+        )  # fmt: skip
+        return row
+
+    async def cancel_maintenance(self, window_id: str, actor: str, reason: str) -> dict[str, Any]:
+        """Cancel a planned window (or end one in progress): its alerts page again at the next tick."""
+        now = self.clock()
+        await asyncio.to_thread(self._read, lambda con: validate_cancel(con, window_id, now))
+
+        def job(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+            cancel_window(con, window_id, actor=actor, reason=reason, now=now)
+            self.maintenance = MaintenancePlan(live_windows(con, now))
+            row = fetch_window(con, window_id, now)
+            assert row is not None
+            return row
+
+        row = await self._writer.run(job)
+        log.warning("maintenance window %s cancelled by %s: %s", window_id, actor, reason)
+        return row
 
 
 def enqueue(

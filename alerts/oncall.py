@@ -92,3 +92,18 @@ class OnCall:
             return None
         shift = self.rotas[self.levels[level][1]].shift(at)
         return self.people[shift.person]
+
+
+def duty_line(oncall: OnCall, afters: Sequence[float], at: datetime, zone: ZoneInfo) -> str:
+    """One line for a banner: who is paged first, until when, and who next if nobody answers."""
+    pages = oncall.paged(at)
+    if not pages:
+        return "nobody (no alerts.escalation configured): only webhooks are notified"
+    first = pages[0]
+    phone = f", {first.person.phone}" if first.person.phone else ""
+    until = first.shift.until.astimezone(zone).strftime("%a %m-%d %H:%M")
+    nxt = oncall.rotas[first.shift.rota].shift(first.shift.until).person
+    then = f", then {oncall.people[nxt].name}" if nxt != first.person.id else ""
+    line = f"{first.person.name} ({first.person.id}{phone}) until {until}{then}"
+    climb = [f"{p.person.name} after {after / 60:.0f} min" for p, after in zip(pages[1:], afters[1:], strict=False)]
+    return line + (f"; unacknowledged: {', '.join(climb)}" if climb else "")

@@ -18,6 +18,7 @@ What it does, in one run:
     .venv/bin/python bench/alert_latency.py                    # 40 probes, 50,000 readings/s background
     .venv/bin/python bench/alert_latency.py --probes 60 --json alert_latency.json
     .venv/bin/python bench/alert_latency.py --baseline-probes 0   # GridSentry only
+    .venv/bin/python bench/alert_latency.py --compare-before      # also as before ADRs 36-37, in the same run
 """
 
 from __future__ import annotations
@@ -265,7 +266,11 @@ def _am_arrival(receiver: Receiver, probe: int) -> float | None:
 
 
 # --- GridSentry --------------------------------------------------------------------------------------------
-async def gridsentry(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+async def gridsentry(args: argparse.Namespace, tmp: Path, *, before: bool = False) -> dict[str, Any]:
+    """`before`: every writer job in one queue and rules evaluated on the tick only, as before ADRs 36 and 37."""
+    tmp = tmp / ("before" if before else "shipped")
+    tmp.mkdir()
+    tmp.chmod(0o777)
     wl = Workload(args.devices, args.readings_per_message, args.seed)
     broker = Broker(tmp / "broker-gs", args.broker_inflight)
     broker.start()
@@ -327,6 +332,51 @@ async def gridsentry(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             return result
 
         svc.store = timed_store  # type: ignore[method-assign]  # start() hands self.store to the collector
+        # Where each probe's time goes: evaluation start and end (the rules run in a worker thread).
+        eval_start: dict[int, float] = {}
+        eval_end: dict[int, float] = {}
+        evaluate = svc.rules_runtime.evaluate
+
+        def timed_evaluate(readings: Any, now: Any = None) -> Any:
+            t0 = time.time()
+            hot = readings.filter(pc.equal(readings["device_id"], PROBE_DEVICE))["value"].to_pylist()
+            findings = evaluate(readings, now)
+            t1 = time.time()
+            for v in hot:
+                if v >= HOT_BASE:
+                    eval_start.setdefault(round(v - HOT_BASE), t0)
+                    eval_end.setdefault(round(v - HOT_BASE), t1)
+            return findings
+
+        svc.rules_runtime.evaluate = timed_evaluate  # type: ignore[method-assign]
+        # Slow writer transactions (an ingest COMMIT that runs DuckDB's automatic checkpoint, a rule-state save):
+        # everything queued behind them waits, the probe's reading or its alert included.
+        slow_jobs: list[tuple[float, float, str]] = []
+        in_transaction = svc.writer._in_transaction
+
+        wal = cfg.database_path.with_name(cfg.database_path.name + ".wal")
+
+        def wal_bytes() -> int:
+            try:
+                return wal.stat().st_size
+            except FileNotFoundError:
+                return 0
+
+        def timed_transaction(con: Any, job: Any) -> Any:
+            t0, wal_before = time.time(), wal_bytes()
+            try:
+                return in_transaction(con, job)
+            finally:
+                t1 = time.time()
+                if t1 - t0 > 0.15:
+                    what = getattr(job, "__qualname__", str(job)).replace(".<locals>.<lambda>", "")
+                    slow_jobs.append((t0, t1, what + (" + checkpoint" if wal_bytes() < wal_before else "")))
+
+        svc.writer._in_transaction = timed_transaction  # type: ignore[method-assign]
+        if before:
+            svc.rules_fresh_gap_s = None
+            submit = svc.writer.submit
+            svc.writer.submit = lambda job, urgent=False: submit(job)  # type: ignore[method-assign]
         await svc.start()
         assert svc.collector is not None
         await asyncio.wait_for(svc.collector.subscribed.wait(), 10)
@@ -356,9 +406,30 @@ async def gridsentry(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         lat_commit = [committed[i] - published[i] for i in published if i in committed]
         lat_stage = [handed[i] - stored[i] for i in published if i in handed and i in stored]
         lat_ingest = [stored[i] - published[i] for i in published if i in stored]
+        stages = {
+            i: {
+                "ingest": stored[i] - published[i],
+                "wait for tick": eval_start[i] - stored[i],
+                "evaluate": eval_end[i] - eval_start[i],
+                "alert transaction": committed[i] - eval_end[i],
+                "hand to notifier": handed[i] - committed[i],
+            }
+            for i in published
+            if all(i in d for d in (stored, eval_start, eval_end, committed, handed))
+        }
         return {
-            "consumer": "GridSentry",
+            "consumer": "GridSentry before ADRs 36-37" if before else "GridSentry",
             "probes": len(published),
+            "stages_by_probe": stages,
+            "slow_jobs": [
+                (i, round(t1 - t0, 3), what)
+                for i in stages
+                for t0, t1, what in slow_jobs
+                if t0 < handed[i] and t1 > published[i]
+            ],
+            "slow_jobs_total": len(slow_jobs),
+            "bench_seconds": time.perf_counter() - t_go,
+            "total_by_probe": {i: handed[i] - published[i] for i in stages},
             "latency_s": stats(lat),
             "commit_latency_s": stats(lat_commit),
             "ingest_latency_s": stats(lat_ingest),
@@ -411,6 +482,32 @@ def report(args: argparse.Namespace, base: dict[str, Any] | None, gs: dict[str, 
         rows.append(("GridSentry", what, int(c["n"] or 0), _s(c["p50"]), _s(c["p90"]), _s(c["p99"]), _s(c["max"])))
     print_table(("system", "until", "probes", "p50 ms", "p90 ms", "p99 ms", "max ms"), rows)
     print()
+    stages = gs["stages_by_probe"]
+    if stages:
+        names = list(next(iter(stages.values())))
+        print("where the time goes, per stage (ms):")
+        stage_rows = [
+            (name, *(_s(percentile(sorted(s[name] for s in stages.values()), q)) for q in (50, 90, 99)))
+            for name in names
+        ]
+        print_table(("stage", "p50", "p90", "p99"), stage_rows)
+        print()
+        worst = sorted(stages, key=lambda i: gs["total_by_probe"][i], reverse=True)[:5]
+        print("the 5 slowest probes (ms), with the writer transactions over 150 ms that overlapped them:")
+        print_table(
+            ("probe", "total", *names, "slow writer jobs"),
+            [
+                (
+                    str(i),
+                    _s(gs["total_by_probe"][i]),
+                    *(_s(stages[i][n]) for n in names),
+                    ", ".join(f"{what} {dt * 1000:.0f} ms" for j, dt, what in gs["slow_jobs"] if j == i) or "-",
+                )
+                for i in worst
+            ],
+        )
+        print(f"writer transactions over 150 ms: {gs['slow_jobs_total']} in {gs['bench_seconds']:.0f} s of load")
+        print()
     g = gs["latency_s"]
     if base is not None and base["latency_s"]["p50"] and g["p50"]:
         b = base["latency_s"]
@@ -446,6 +543,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--publishers", type=int, default=1, help="paho publisher processes (default 1)")
     p.add_argument("--broker-inflight", type=int, default=1000, help="broker max_inflight_messages (default 1000)")
     p.add_argument("--seed", type=int, default=1, help="random seed of the background values")
+    p.add_argument(
+        "--compare-before",
+        action="store_true",
+        help="first run GridSentry as before ADRs 36-37 (one FIFO writer queue, rules on the tick only), then as "
+        "shipped, and compare",
+    )
     p.add_argument("--json", type=Path, help="write every figure to this JSON file")
     return p.parse_args(argv)
 
@@ -458,9 +561,29 @@ async def amain(args: argparse.Namespace) -> int:
         if args.baseline_probes > 0:
             print(f"Prometheus + Alertmanager: {args.baseline_probes} probes ...", flush=True)
             base = await prometheus_baseline(args, tmp)
+        old = None
+        if args.compare_before:
+            print(f"GridSentry before ADRs 36-37: {args.probes} probes under load ...", flush=True)
+            old = await gridsentry(args, tmp, before=True)
         print(f"GridSentry: {args.probes} probes under load ...", flush=True)
         gs = await gridsentry(args, tmp)
+        if old is not None:
+            print()
+            print("=== before: one FIFO writer queue, rules evaluated on the tick only (in this run):")
+            report(args, None, old)
+            print()
+            print("=== as shipped: urgent writer lane (ADR 36), fresh readings evaluated at once (ADR 37):")
         ok = report(args, base, gs)
+        if old is not None:
+            print(
+                "before / shipped: "
+                + ", ".join(
+                    f"{what} {k} {a / b:.2f}x"
+                    for what, key in (("alert handed", "latency_s"), ("rules + alerts", "stage_latency_s"))
+                    for k in ("p50", "p90", "p99")
+                    if (a := old[key][k]) and (b := gs[key][k])
+                )
+            )
         if args.json:
             info = {
                 "bench": "alert_latency",
@@ -470,6 +593,7 @@ async def amain(args: argparse.Namespace) -> int:
                 "versions": versions(),
                 "baseline": base,
                 "gridsentry": gs,
+                "gridsentry_before": old,
             }
             args.json.write_text(json.dumps(info, indent=2, default=str))
         return 0 if ok else 1

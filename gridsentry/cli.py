@@ -30,8 +30,9 @@ from rich.table import Table
 from collector.modbus.cli import modbus_app
 from gridsentry import __version__
 from gridsentry.auth import hash_token, new_token, read_local_token
-from gridsentry.cli_alerts import alerts_app, oncall_app, sla_app
+from gridsentry.cli_alerts import alerts_app, duty_line_of, oncall_app, sla_app
 from gridsentry.cli_db import db_app
+from gridsentry.cli_maintenance import maintenance_app
 from gridsentry.cli_report import report_app
 from gridsentry.cli_rules import rules_app
 from gridsentry.config import Config, ConfigError, example_yaml, load_config
@@ -58,6 +59,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(alerts_app, name="alerts")
 app.add_typer(oncall_app, name="oncall")
 app.add_typer(sla_app, name="sla")
+app.add_typer(maintenance_app, name="maintenance")
 app.add_typer(rules_app, name="rules")
 app.add_typer(report_app, name="report")
 
@@ -208,6 +210,7 @@ def _banner(run_: Any, startup_s: float) -> None:
         *[(f"Token: {role}", token) for role, token in run_.tokens.items()],
         ("Devices", f"{url}/api/devices"),
         ("Alerts", f"{url}/api/alerts"),
+        ("On call", f"{duty_line_of(s)}  (gridsentry oncall now{dd_arg})"),
         ("Wall screen", f"{url}/  (open alerts with SLA countdowns, fleet tiles, power; no token needed in the demo)"),
         ("Metrics", f"{url}/metrics"),
         ("Health", f"{url}/healthz  {url}/readyz"),

@@ -26,10 +26,10 @@ from rich.table import Table
 
 from alerts.kpi import monthly_kpis
 from alerts.lifecycle import ALERT_COLUMNS
-from alerts.oncall import OnCall
+from alerts.oncall import OnCall, duty_line
 from gridsentry.auth import read_local_token
 from gridsentry.config import Config, ConfigError, load_config
-from gridsentry.service import RUNTIME_FILE
+from gridsentry.service import RUNTIME_FILE, Service
 
 alerts_app = typer.Typer(help="Alerts: list, show, acknowledge, assign, comment, close, silence.", no_args_is_help=True)
 oncall_app = typer.Typer(help="Who is on call.", no_args_is_help=True)
@@ -387,6 +387,14 @@ def outbox(
 
 
 # --- on call -------------------------------------------------------------------------------------------
+def duty_line_of(service: Service) -> str:
+    """Who the running service pages now, for the demo banner."""
+    cfg = service.cfg.alerts
+    return duty_line(
+        service.alerts.oncall, [lvl.after for lvl in cfg.escalation], datetime.now(UTC), service.alerts.zone
+    )
+
+
 @oncall_app.command("now")
 def oncall_now(
     at: Annotated[str | None, typer.Option(help="Another moment, ISO 8601 with offset.")] = None,

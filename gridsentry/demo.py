@@ -18,11 +18,14 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from pydantic import SecretStr
 
+from alerts.demo_rota import demo_alerts
 from collector.modbus.settings import ModbusDeviceConfig
 from gridsentry.auth import ROLES, AuthConfig, TokenConfig, new_token
 from gridsentry.config import Config, DeviceConfig, HttpConfig, SiteConfig
@@ -203,6 +206,7 @@ def demo_config(data_dir: Path, http_port: int, mqtt_port: int) -> Config:
         tokens=[TokenConfig(name=f"demo-{role}", role=role, token=SecretStr(new_token())) for role in ROLES],
         public=["healthz", "metrics", "wall"],
     )
+    cfg.alerts = demo_alerts(datetime.now(ZoneInfo(cfg.alerts.sla.standby.timezone)).date())
     return cfg
 
 

@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import time
 from collections import Counter
 from collections.abc import Mapping
 from concurrent.futures import Future
@@ -50,6 +51,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("gridsentry")
 
 RUNTIME_FILE = "runtime.json"
+# Committed readings are evaluated at once, but not more often than this (ADR 37).
+FRESH_READINGS_GAP_S = 0.1
 _NO_READINGS = pa.table(
     {
         "ts": pa.array([], pa.timestamp("us", tz="UTC")),
@@ -103,6 +106,8 @@ class Service:
         self._rules_queue: asyncio.Queue[pa.Table] = asyncio.Queue(maxsize=1000)
         # Committed device events (status and fault codes) for the event rules, drained with the readings.
         self._rules_events: list[pa.Table] = []
+        self._rules_fresh = asyncio.Event()  # set when committed readings wait for evaluation (ADR 37)
+        self.rules_fresh_gap_s: float | None = FRESH_READINGS_GAP_S
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._http: uvicorn.Server | None = None
@@ -264,6 +269,7 @@ class Service:
         self.dead_letters_committed += result.dead_letters
         if batch.events.num_rows and len(self._rules_events) < 1000:
             self._rules_events.append(batch.events)
+            self._rules_fresh.set()  # a connector fault event is judged as soon as it is stored, like a reading
         if batch.reading_count:
             self.screens.latest.update(batch.readings)
             grouped = batch.readings.group_by("device_id").aggregate([("ts", "max")])
@@ -271,6 +277,7 @@ class Service:
                 self.last_seen[dev] = ts.timestamp()
             try:
                 self._rules_queue.put_nowait(batch.readings)
+                self._rules_fresh.set()
             except asyncio.QueueFull:
                 # Rules fell behind; the data is committed, so evaluation catches up later on what it
                 # sees next. Counted so the operator sees it on the pipeline-health screen.
@@ -292,11 +299,30 @@ class Service:
         self.rules_runtime.load(self.known_devices)
 
     async def _rules_loop(self) -> None:
+        """Evaluate every `rules.tick_ms` (silence is what offline rules look for), and sooner when readings are
+        committed: a fault is judged as soon as it is stored, at most every `rules_fresh_gap_s` (ADR 37)."""
         tick = self.cfg.rules.tick_ms / 1000
-        while not self._stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), tick)
-            await self._evaluate_pending()
+        gap = tick if self.rules_fresh_gap_s is None else min(tick, self.rules_fresh_gap_s)
+        stopping = asyncio.ensure_future(self._stop.wait())
+        last = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                waits: set[asyncio.Future[Any]] = {stopping}
+                if self.rules_fresh_gap_s is not None:
+                    waits.add(asyncio.ensure_future(self._rules_fresh.wait()))
+                await asyncio.wait(
+                    waits, timeout=max(0.0, last + tick - time.monotonic()), return_when="FIRST_COMPLETED"
+                )
+                since = time.monotonic() - last
+                if since < gap:  # under load, batches arrive faster than evaluations are worth running
+                    await asyncio.wait({stopping}, timeout=gap - since)
+                for w in waits - {stopping}:
+                    w.cancel()
+                self._rules_fresh.clear()
+                last = time.monotonic()
+                await self._evaluate_pending()
+        finally:
+            stopping.cancel()
 
     async def _drain_rules(self) -> None:
         with contextlib.suppress(Exception):

@@ -256,7 +256,8 @@ class RulesRuntime:
         if not self.engine.state_changed:
             return
         state = self.engine.export_state()
-        await self.writer.run(lambda con: save_state(con, state))
+        # Urgent: the rules loop waits for this before its next tick; queued ingest batches must not delay it.
+        await self.writer.run(lambda con: save_state(con, state), urgent=True)
         self.state_writes += 1
 
     def status(self) -> dict[str, Any]:

@@ -403,6 +403,30 @@ MIGRATIONS: tuple[Migration, ...] = (
         """,
     ),
     Migration(
+        12,
+        "maintenance windows announced at run time, with who announced or cancelled them",
+        """
+        -- Until now the table only mirrored the config; it becomes the record of every planned window. Its rows
+        -- were rewritten from the config at each start, so nothing is lost by recreating it.
+        DROP TABLE maintenance_windows;
+        CREATE TABLE maintenance_windows (
+            window_id     VARCHAR PRIMARY KEY,
+            starts_at     TIMESTAMPTZ NOT NULL,
+            ends_at       TIMESTAMPTZ NOT NULL,
+            announced_at  TIMESTAMPTZ NOT NULL,   -- when the customer was notified (contract notice)
+            devices       VARCHAR[] NOT NULL,
+            sites         VARCHAR[] NOT NULL,
+            reason        VARCHAR,
+            source        VARCHAR NOT NULL,       -- config | api
+            created_at    TIMESTAMPTZ NOT NULL,
+            created_by    VARCHAR NOT NULL,
+            cancelled_at  TIMESTAMPTZ,
+            cancelled_by  VARCHAR,
+            cancel_reason VARCHAR
+        );
+        """,
+    ),
+    Migration(
         3,
         "rule state (pending, firing) surviving restarts",
         """

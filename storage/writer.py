@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import queue
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 WriteJob = Callable[[duckdb.DuckDBPyConnection], T]
+_URGENT_LANE, _NORMAL_LANE, _CLOSE_LANE = 0, 1, 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +169,12 @@ class StorageWriter:
         self._lock_configuration = lock_configuration
         self._memory_limit = memory_limit
         self._threads = threads
-        self._jobs: queue.Queue[tuple[WriteJob[Any], Future[Any]] | None] = queue.Queue()
+        # (lane, sequence, job): urgent jobs (alert transitions) go before queued ingest batches, FIFO within a lane;
+        # the close marker's lane sorts after everything already submitted.
+        self._jobs: queue.PriorityQueue[tuple[int, int, tuple[WriteJob[Any], Future[Any]] | None]] = (
+            queue.PriorityQueue()
+        )
+        self._sequence = itertools.count()
         self._thread: threading.Thread | None = None
         self._con: duckdb.DuckDBPyConnection | None = None
         self._started = threading.Event()
@@ -199,7 +206,7 @@ class StorageWriter:
         if self._closed:
             return
         self._closed = True
-        self._jobs.put(None)
+        self._jobs.put((_CLOSE_LANE, next(self._sequence), None))
         if self._thread is not None:
             self._thread.join()
 
@@ -218,16 +225,18 @@ class StorageWriter:
         return self._con.cursor()
 
     # --- submitting work -----------------------------------------------------------------
-    def submit(self, job: WriteJob[T]) -> Future[T]:
-        """Run `job(con)` inside one transaction on the writer thread."""
+    def submit(self, job: WriteJob[T], *, urgent: bool = False) -> Future[T]:
+        """Run `job(con)` inside one transaction on the writer thread. An `urgent` job (a few small statements
+        someone is waiting for: an alert transition and its outbox rows) runs before the ingest batches already
+        queued, so a backlog of readings does not hold up a page."""
         if self._closed:
             raise WriterClosedError("the storage writer is closed; nothing more can be written")
         fut: Future[T] = Future()
-        self._jobs.put((job, fut))
+        self._jobs.put((_URGENT_LANE if urgent else _NORMAL_LANE, next(self._sequence), (job, fut)))
         return fut
 
-    async def run(self, job: WriteJob[T]) -> T:
-        return await asyncio.wrap_future(self.submit(job))
+    async def run(self, job: WriteJob[T], *, urgent: bool = False) -> T:
+        return await asyncio.wrap_future(self.submit(job, urgent=urgent))
 
     async def append(self, batch: IngestBatch, before: WriteJob[Any] | None = None) -> CommitResult:
         """Store one ingest batch in one transaction (after `before(con)`, if given); returns after COMMIT."""
@@ -297,7 +306,7 @@ class StorageWriter:
         self._started.set()
         con = self._con
         while True:
-            item = self._jobs.get()
+            _lane, _seq, item = self._jobs.get()
             if item is None:
                 break
             job, fut = item

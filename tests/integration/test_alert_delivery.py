@@ -2,7 +2,8 @@
 
 The webhook sink fails with HTTP 500 while alerts fire, is slower than the webhook timeout while they resolve,
 and refuses connections while an operator closes them, when GridSentry is killed with -9 with those pending. Every alert transition is delivered after
-recovery: 0 lost, repeats only with the same idempotency key, and ingest keeps every reading meanwhile.
+recovery: 0 lost, repeats only with the same idempotency key, and ingest keeps every reading meanwhile, at a
+rate comparable to the one with a healthy notifier.
 Durations are scaled down through the config (reliability.md asks for 30 s slow and 5 min of HTTP 500; here
 3 s slow against a 1 s timeout, 500s for several retry rounds, backoff 0.2 s doubling to 1 s).
 """
@@ -111,6 +112,19 @@ def subscribed(port: int, data_dir: Path) -> None:
     raise AssertionError("GridSentry never stored a probe reading: is it subscribed?")
 
 
+def ingest_rate(port: int, data_dir: Path, metric: str, start: int, n: int = 2000) -> float:
+    """Publish n readings of one metric and return readings/s from the first publish to all committed."""
+    messages = [
+        (f"gridsentry/wuhan-01/DC0{1 + i % 2}/telemetry", {"ts": start + i, "metrics": {metric: 40.0}})
+        for i in range(n)
+    ]
+    t0 = time.perf_counter()
+    publish(port, messages)
+    sql = f"select count(*) from readings where metric = '{metric}'"
+    wait(lambda: api(data_dir, "POST", "/api/sql", json={"query": sql})["rows"][0][0] == n, 30, f"ingest of {metric}")
+    return n / (time.perf_counter() - t0)
+
+
 def outbox(data_dir: Path) -> list[dict[str, Any]]:
     return api(data_dir, "GET", "/api/notifications", params={"status": "all", "limit": 1000})  # type: ignore[no-any-return]
 
@@ -133,17 +147,18 @@ def test_slow_failing_and_refusing_webhook_loses_nothing_across_kill_9(
         pending = [n for n in outbox(data_dir) if n["status"] == "pending"]
         assert len(pending) == 4 and all(n["attempts"] >= 1 for n in pending)
         assert all("HTTP 500" in (n["last_error"] or "") for n in pending)
-        # Ingest is unaffected meanwhile: 2,000 more readings are all stored.
-        background = [
-            (f"gridsentry/wuhan-01/DC0{1 + i % 2}/telemetry", {"ts": T0 + 100 + i, "metrics": {"module_temp_c": 40.0}})
-            for i in range(2000)
-        ]
-        publish(mosquitto.port, background)
-        sql = "select count(*) from readings where metric = 'module_temp_c'"
-        wait(lambda: api(data_dir, "POST", "/api/sql", json={"query": sql})["rows"][0][0] == 2000, 30, "ingest")
+        # Ingest is unaffected meanwhile: 2,000 more readings are all stored, at the rate of a healthy notifier.
+        failing_rate = ingest_rate(mosquitto.port, data_dir, "module_temp_c", T0 + 100)
+        assert len([r for r in sink.received if r.status == 500]) > 8  # still failing all along
 
         sink.mode = "ok"
         wait(lambda: all(n["status"] == "sent" for n in outbox(data_dir)), 30, "delivery once the receiver recovers")
+        healthy_rate = ingest_rate(mosquitto.port, data_dir, "cabinet_temp_c", T0 + 100)
+        print(
+            f"A1 ingest: {failing_rate:,.0f} readings/s committed while the webhook fails, {healthy_rate:,.0f} healthy"
+        )
+        # Generous: the two rates are measured seconds apart on a machine shared with other suites.
+        assert failing_rate >= healthy_rate / 4, (failing_rate, healthy_rate)
 
         # 2. The receiver is slower than the webhook timeout while the alerts resolve.
         sink.mode = "slow"
@@ -201,4 +216,4 @@ def test_slow_failing_and_refusing_webhook_loses_nothing_across_kill_9(
         assert all(b == bodies[0] for b in bodies), f"a repeat under key {key} differs from the first delivery"
     repeats = sum(len(b) - 1 for b in by_key.values())
     assert repeats >= 4  # the slow spell: accepted by the receiver after GridSentry had given up waiting
-    assert readings is not None and readings[0] == 80 + 2000 + 10
+    assert readings is not None and readings[0] == 80 + 2000 + 2000 + 10

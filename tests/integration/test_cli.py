@@ -75,6 +75,9 @@ def test_demo_runs_prints_banner_and_sql_works_live_and_stopped(tmp_path: Path):
                 break
             time.sleep(0.5)
         assert {(a["device_id"], a["event_class"]) for a in alerts} == {("DC02", "I"), ("DC02", "II")}
+        # The demo has a duty roster: `oncall now` asks the running service who is paged.
+        r = gs("oncall", "now", "--data-dir", str(data))
+        assert r.returncode == 0 and "on-call engineer" in r.stdout and "Chen Jie" in r.stdout, r.stdout + r.stderr
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     finally:
@@ -89,6 +92,7 @@ def test_demo_runs_prints_banner_and_sql_works_live_and_stopped(tmp_path: Path):
         "Database",
         "gridsentry.duckdb",
         "gridsentry sql",
+        "On call",
         "demo stopped",
     ):
         assert needle in out, needle
