@@ -29,6 +29,34 @@ def history_metrics(s: Service) -> Iterator[Metric]:
     )
     c.add_metric([], len(w.wal_quarantines))
     yield c
+    c = CounterMetricFamily(
+        "gridsentry_storage_reopens",
+        "Times the database was reopened after DuckDB invalidated it (a fatal error, e.g. a checkpoint on a full disk)",
+        labels=[],
+    )
+    c.add_metric([], w.reopens)
+    yield c
+    sql = s.sql.status()
+    if sql.get("tier") == "snapshot":
+        c = CounterMetricFamily(
+            "gridsentry_sql_snapshot_refreshes",
+            "Copies of the database made for engineers' SQL (snapshot tier)",
+            labels=[],
+        )
+        c.add_metric([], sql["refreshes"])
+        yield c
+        yield GaugeMetricFamily(
+            "gridsentry_sql_snapshot_refresh_seconds",
+            "How long the last copy for engineers' SQL took",
+            value=sql["last_refresh_seconds"],
+        )
+        c = CounterMetricFamily(
+            "gridsentry_sql_worker_restarts",
+            "Query processes replaced because they died or ignored their timeout and were killed",
+            labels=[],
+        )
+        c.add_metric([], sql["worker_restarts"])
+        yield c
     try:
         usage = shutil.disk_usage(s.cfg.data_dir)
         yield GaugeMetricFamily(

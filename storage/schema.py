@@ -403,6 +403,22 @@ MIGRATIONS: tuple[Migration, ...] = (
         """,
     ),
     Migration(
+        9,
+        "writer commit marker: tells after a fatal error whether the last commit landed",
+        """
+        -- One row, updated in every write transaction with the writer's sequence number. When DuckDB
+        -- invalidates the database during a COMMIT (a checkpoint failing on a full disk after the WAL
+        -- was written), the writer reopens it and reads this row: the job is replayed only if its
+        -- commit did not land, so nothing acknowledged is lost and nothing is stored twice.
+        CREATE TABLE writer_commits (
+            id           TINYINT PRIMARY KEY,
+            seq          UBIGINT NOT NULL,
+            committed_at TIMESTAMPTZ
+        );
+        INSERT INTO writer_commits VALUES (1, 0, NULL);
+        """,
+    ),
+    Migration(
         3,
         "rule state (pending, firing) surviving restarts",
         """
