@@ -37,8 +37,8 @@ class RetentionConfig(_Model):
 
 
 class SqlConfig(_Model):
-    tier: Literal["snapshot", "live"] = Field(
-        "snapshot",
+    tier: Literal["live", "snapshot"] = Field(
+        "live",
         description=(
             "Where engineers' queries run. snapshot: in separate low-priority worker processes on a read-only copy "
             "of the database, at most snapshot_max_age_s old (ingest keeps its commit latency under heavy queries). "

@@ -3,6 +3,7 @@ serves a read-only copy from worker processes that are replaced when they die.""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -10,15 +11,21 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import duckdb
 import pytest
+from typer.testing import CliRunner
 
+from gridsentry.cli import app
+from storage import backup, pitr
 from storage.sql import QueryRejectedError
 from storage.sql_snapshot import SnapshotQueryRunner
 from storage.writer import StorageWriter
+from tests.integration.test_history import NOW, batch, q, readings, setup  # noqa: F401  (the fixture)
 from tests.integration.test_sql_safety import readings_batch
 from tests.integration.test_storage_faults import fill, small_disk  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.integration
+runner = CliRunner()
 
 
 def count(writer: StorageWriter) -> int:
@@ -119,11 +126,88 @@ def test_snapshot_tier_reads_a_fresh_enough_copy_and_replaces_dead_workers(tmp_p
 
 
 def count_rows(db: Path) -> int:
-    import duckdb
-
     con = duckdb.connect(str(db), read_only=True)
     try:
         row = con.execute("SELECT count(*) FROM readings").fetchone()
         return int(row[0]) if row else 0
     finally:
         con.close()
+
+
+# --- point-in-time restore ------------------------------------------------------------------------------------
+def test_restore_at_a_time_from_full_plus_incremental_keeps_readings_up_to_it(setup, tmp_path: Path):  # noqa: F811
+    """Readings stream in (time-stamped as they commit), a full then an incremental backup are taken; restoring
+    `--at` a moment between two batches brings back exactly the readings up to it, and the alert state of then."""
+    w, jobs, _ = setup
+    t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=30)
+    w.append_sync(batch(readings(t0, 5, seed=1)))  # t0 .. t0+5 min
+    w.submit(
+        lambda con: con.execute(
+            "INSERT INTO alerts (fingerprint, rule_id, device_id, event_class, state, title, message, fired_at, "
+            "created_at, updated_at) VALUES ('f1', 'dc.temp', 'DC01', 'I', 'firing', 'Gun 1 hot', '95 °C', "
+            "?, ?, ?)",
+            [t0 + timedelta(minutes=5)] * 3,
+        )
+    ).result()
+    full = asyncio.run(jobs.backup("full"))
+    w.append_sync(batch(readings(t0 + timedelta(minutes=10), 5, seed=2)))  # t0+10 .. t0+15 min
+    at = t0 + timedelta(minutes=16)
+    w.append_sync(batch(readings(t0 + timedelta(minutes=20), 5, seed=3)))  # after `at`: must not come back
+    w.submit(
+        lambda con: con.execute(
+            "UPDATE alerts SET state = 'acknowledged', acknowledged_at = ?, acknowledged_by = 'wang.fang', "
+            "updated_at = ?",
+            [t0 + timedelta(minutes=21)] * 2,
+        )
+    ).result()
+    incr = asyncio.run(jobs.backup("incremental"))
+    assert incr.parent_id == full.backup_id
+
+    target = tmp_path / "pitr"
+    report = pitr.restore_at(Path(incr.path).parent, at, target / "gs.duckdb", target / "archive")
+    assert report.backup_id == incr.backup_id, "the newest backup holds everything up to `at`"
+    expected = q(w, "SELECT count(*) FROM readings_all WHERE ts <= ?", [at])[0][0]
+    assert report.readings == expected == 2 * 3 * 10
+    assert report.removed["readings"] == 3 * 10
+    con = duckdb.connect(str(target / "gs.duckdb"), read_only=True)
+    try:
+        assert con.execute("SELECT max(ts) <= ? FROM readings_all", [at]).fetchone() == (True,)
+        assert con.execute("SELECT state, acknowledged_at FROM alerts").fetchall() == [("firing", None)]
+        rollup_n = con.execute("SELECT sum(count) FROM rollup_1m").fetchone()
+        good = con.execute("SELECT count(*) FROM readings_all WHERE quality = 0").fetchone()
+    finally:
+        con.close()
+    assert rollup_n == good, "rollups recomputed from the readings that remain"
+    # The same through the command line, into another data directory.
+    cli_dir = tmp_path / "cli"
+    ok = runner.invoke(app, ["db", "restore", incr.path, "--at", at.isoformat(), "--data-dir", str(cli_dir)])
+    assert ok.exit_code == 0, ok.output
+    assert f"as of {at.isoformat()}" in ok.output and f"{expected:,} readings" in ok.output
+    bad = runner.invoke(app, ["db", "restore", "--at", "2026-11-20 14:30", "--data-dir", str(tmp_path / "cli2")])
+    assert bad.exit_code == 2 and "time zone" in bad.output
+    with pytest.raises(backup.BackupError, match="before"):
+        pitr.restore_at(Path(incr.path).parent, datetime.now(UTC) + timedelta(hours=1), tmp_path / "x.duckdb", tmp_path)
+    with pytest.raises(backup.BackupError, match="zone"):
+        pitr.restore_at(Path(incr.path).parent, at.replace(tzinfo=None), tmp_path / "y.duckdb", tmp_path)
+
+
+def test_trim_after_rewrites_the_archive_day_that_straddles_the_time(setup, tmp_path: Path):  # noqa: F811
+    w, jobs, _ = setup
+    for day in range(6):
+        w.append_sync(batch(readings(NOW - timedelta(days=9 - day), 30, seed=day)))
+    asyncio.run(jobs.maintain(NOW))
+    full = asyncio.run(jobs.backup("full"))
+    at = NOW - timedelta(days=7) + timedelta(minutes=12)  # inside an archived day
+    target = tmp_path / "pitr"
+    report = pitr.restore_at(Path(full.path).parent, at, target / "gs.duckdb", target / "archive")
+    assert report.readings == q(w, "SELECT count(*) FROM readings_all WHERE ts <= ?", [at])[0][0] > 0
+    assert report.removed["archived readings"] > 0
+    con = duckdb.connect(str(target / "gs.duckdb"), read_only=True)
+    try:
+        files = con.execute("SELECT path, rows FROM archive_files").fetchall()
+        assert con.execute("SELECT max(ts) <= ? FROM readings_all", [at]).fetchone() == (True,)
+    finally:
+        con.close()
+    on_disk = sorted(p.relative_to(target / "archive").as_posix() for p in (target / "archive").rglob("*.parquet"))
+    assert on_disk == sorted(f for f, _ in files), "no file left behind that the manifest does not name"
+    assert backup.check(duckdb.connect(str(target / "gs.duckdb"), read_only=True), target / "archive").ok

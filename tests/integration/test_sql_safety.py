@@ -143,8 +143,9 @@ def stored(service: Service) -> int:
         con.close()
 
 
-async def test_s3_hostile_sql_is_refused_or_stopped_while_ingest_loses_nothing(tmp_path: Path):
-    service = await start_service(tmp_path, timeout_s=3.0)
+@pytest.mark.parametrize("tier", ["live", "snapshot"])
+async def test_s3_hostile_sql_is_refused_or_stopped_while_ingest_loses_nothing(tmp_path: Path, tier: str):
+    service = await start_service(tmp_path, timeout_s=3.0, tier=tier)
     archive = service.history.archive_root
     ingest = Ingest(service)
     stop = asyncio.Event()
@@ -193,8 +194,8 @@ async def test_s3_hostile_sql_is_refused_or_stopped_while_ingest_loses_nothing(t
 
 
 async def test_s4_heavy_queries_do_not_slow_commits(tmp_path: Path):
-    # Default tier (snapshot) and cap: 2 of the 4 run at once, in query processes.
-    service = await start_service(tmp_path, timeout_s=60.0)
+    # The separate-process tier, default cap: 2 of the 4 run at once, in query processes.
+    service = await start_service(tmp_path, timeout_s=60.0, tier="snapshot")
     # History to chew on: 2 M readings (the hot table, as after a few days of a small fleet).
     await service.writer.run(
         lambda con: con.execute(
