@@ -410,12 +410,9 @@ MIGRATIONS: tuple[Migration, ...] = (
         -- invalidates the database during a COMMIT (a checkpoint failing on a full disk after the WAL
         -- was written), the writer reopens it and reads this row: the job is replayed only if its
         -- commit did not land, so nothing acknowledged is lost and nothing is stored twice.
-        CREATE TABLE writer_commits (
-            id           TINYINT PRIMARY KEY,
-            seq          UBIGINT NOT NULL,
-            committed_at TIMESTAMPTZ
-        );
-        INSERT INTO writer_commits VALUES (1, 0, NULL);
+        -- No key: an indexed UPDATE costs more, and there is only ever this one row.
+        CREATE TABLE writer_commits (seq UBIGINT NOT NULL);
+        INSERT INTO writer_commits VALUES (0);
         """,
     ),
     Migration(
