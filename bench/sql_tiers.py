@@ -111,8 +111,11 @@ async def one_round(tier: str, workdir: Path, args: argparse.Namespace) -> dict[
         stream = Stream(service, args.rate, devices=25)
         stop = asyncio.Event()
         task = asyncio.create_task(stream.run(stop))
+        cpu_base0 = process_cpu_s()
         await asyncio.sleep(args.phase_s)
         t_load = time.monotonic()
+        cpu_load0 = process_cpu_s()
+        workers_cpu0 = workers_cpu_s(service)
 
         async def engineer(deadline: float) -> None:
             nonlocal queries
@@ -123,6 +126,8 @@ async def one_round(tier: str, workdir: Path, args: argparse.Namespace) -> dict[
 
         await asyncio.gather(*(engineer(t_load + args.phase_s) for _ in range(4)))
         t_end = time.monotonic()
+        cpu_load1 = process_cpu_s()
+        workers_cpu = workers_cpu_s(service) - workers_cpu0
         refresh_s = None
         t_refresh0 = t_refresh1 = 0.0
         if isinstance(service.sql, SnapshotQueryRunner):
@@ -149,7 +154,31 @@ async def one_round(tier: str, workdir: Path, args: argparse.Namespace) -> dict[
         "queries": queries,
         "lost": stream.sent - stored,
         "rate": len(stream.between(t_load, t_end)) * 250 / (t_end - t_load),
+        # CPU of the service process per wall second: alone, and while the queries ran (the live tier runs them
+        # inside it; the snapshot tier in its worker processes, whose CPU is counted apart).
+        "cpu_alone": (cpu_load0 - cpu_base0) / args.phase_s,
+        "cpu_loaded": (cpu_load1 - cpu_load0) / (t_end - t_load),
+        "workers_cpu": workers_cpu / (t_end - t_load),
     }
+
+
+def process_cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def workers_cpu_s(service: Service) -> float:
+    """CPU seconds used so far by the snapshot tier's query processes (0 on the live tier)."""
+    if not isinstance(service.sql, SnapshotQueryRunner):
+        return 0.0
+    total = 0.0
+    for w in service.sql._workers:
+        try:
+            fields = Path(f"/proc/{w.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def q(values: list[float], p: int) -> float:
@@ -167,6 +196,7 @@ async def amain(args: argparse.Namespace) -> int:
     extra: dict[str, dict[str, float]] = {t: {"queries": 0, "lost": 0, "min_rate": 1e9} for t in ("live", "snapshot")}
     refreshes: list[float] = []
     rows = []
+    cpu_rows: list[list[object]] = []
     for r in range(args.rounds):
         order = ("live", "snapshot") if r % 2 == 0 else ("snapshot", "live")
         for tier in order:
@@ -183,6 +213,9 @@ async def amain(args: argparse.Namespace) -> int:
             if res["refresh_s"] is not None:
                 refreshes.append(res["refresh_s"])  # type: ignore[arg-type]
             b, lo = res["base"], res["loaded"]
+            cpu_rows.append(
+                [r + 1, tier, f"{res['cpu_alone']:.2f}", f"{res['cpu_loaded']:.2f}", f"{res['workers_cpu']:.2f}"]
+            )
             rows.append(
                 [
                     r + 1,
@@ -198,6 +231,8 @@ async def amain(args: argparse.Namespace) -> int:
             print(f"round {r + 1} {tier}: done (load average {os.getloadavg()[0]:.1f})", flush=True)
     print("\ncommit latency, ms, ingest alone / with 4 engineers' heavy queries")
     print_table(["round", "tier", "p50", "p95", "p99", "p99 ratio", "queries", "lost"], rows)
+    print("\nCPU cores used: by the service process alone / with the queries, and by query processes")
+    print_table(["round", "tier", "service alone", "service loaded", "query processes"], cpu_rows)
     print("\npooled over rounds")
     summary = []
     for tier in ("live", "snapshot"):
