@@ -304,6 +304,8 @@ class SnapshotQueryRunner:
 
     def _replace(self, dead: _Worker) -> _Worker:
         dead.kill()
+        if self._closed:
+            raise RuntimeError("engineers' SQL is stopped (GridSentry is stopping)")
         fresh = _Worker(self._settings)
         with self._lock:
             self._workers = [fresh if w is dead else w for w in self._workers]
@@ -386,6 +388,10 @@ class SnapshotQueryRunner:
                 w.process.wait(2)
             except subprocess.TimeoutExpired:
                 w.kill()
+        # The copy is as large as the hot database: do not leave it behind (the next start makes a new one).
+        for leftover in (SNAPSHOT_FILE, f"{SNAPSHOT_FILE}.new"):
+            with contextlib.suppress(OSError):
+                (self.snapshot_dir / leftover).unlink()
 
 
 def query_runner(

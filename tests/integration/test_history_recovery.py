@@ -122,6 +122,7 @@ def test_snapshot_tier_reads_a_fresh_enough_copy_and_replaces_dead_workers(tmp_p
     finally:
         runner.close()
         writer.close()
+    assert not list((tmp_path / "sql-snapshot").iterdir()), "the copy is removed when the tier stops"
     assert count_rows(tmp_path / "gridsentry.duckdb") == 200
 
 
