@@ -23,6 +23,7 @@ from storage.sql import (
     result_as_csv,
     result_as_parquet,
 )
+from storage.sql_snapshot import SnapshotError
 
 if TYPE_CHECKING:
     from gridsentry.service import Service
@@ -41,6 +42,9 @@ class SqlResponse(BaseModel):
     rows: list[list[Any]]
     truncated: bool
     seconds: float
+    data_as_of: str | None = Field(
+        None, description="Snapshot tier: the instant the data is from (ISO 8601, UTC); null for live data."
+    )
 
 
 class BackupRequest(BaseModel):
@@ -83,11 +87,16 @@ def add_history_routes(app: FastAPI, service: Service) -> None:
             raise HTTPException(400, str(exc)) from exc
         except QueryTimeoutError as exc:
             raise HTTPException(408, str(exc)) from exc
+        except SnapshotError as exc:
+            raise HTTPException(503, str(exc)) from exc
         except duckdb.Error as exc:
             raise HTTPException(400, f"the query failed: {exc}") from exc
         except RuntimeError as exc:
             raise HTTPException(503, "the database is not open (GridSentry is starting or stopping)") from exc
         headers = {"x-gridsentry-truncated": str(res.truncated).lower(), "x-gridsentry-seconds": f"{res.seconds:.3f}"}
+        as_of = res.data_as_of.isoformat() if res.data_as_of is not None else None
+        if as_of is not None:
+            headers["x-gridsentry-data-as-of"] = as_of
         if body.format == "csv":
             return Response(result_as_csv(res), media_type="text/csv", headers=headers)
         if body.format == "parquet":
@@ -98,6 +107,7 @@ def add_history_routes(app: FastAPI, service: Service) -> None:
             rows=[[jsonable(v) for v in r] for r in res.rows],
             truncated=res.truncated,
             seconds=res.seconds,
+            data_as_of=as_of,
         )
 
     @app.get("/api/history/status", tags=["history"], dependencies=[require("viewer")])
@@ -132,6 +142,7 @@ def add_history_routes(app: FastAPI, service: Service) -> None:
             if last_backup
             else None,
             "jobs": stats,
+            "sql": service.sql.status(),
         }
 
     @app.get("/api/history/check", tags=["history"], dependencies=[require("engineer")])

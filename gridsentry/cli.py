@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import time
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -455,7 +456,12 @@ def _sql_via_api(url: str, query: str, max_rows: int, timeout: float, token: str
         r.headers.get("x-gridsentry-truncated") == "true",
         float(r.headers.get("x-gridsentry-seconds", "0")),
         table,
+        _as_of(r.headers.get("x-gridsentry-data-as-of")),
     )
+
+
+def _as_of(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
 
 
 def _print_result(result: QueryResult, output: OutputFormat, out_file: Path | None = None) -> None:
@@ -483,6 +489,7 @@ def _print_result(result: QueryResult, output: OutputFormat, out_file: Path | No
     err_console.print(
         f"[dim]{len(result.rows)} rows in {result.seconds * 1000:.0f} ms"
         + (" (truncated: raise --max-rows)" if result.truncated else "")
+        + (f"; data as of {result.data_as_of:%Y-%m-%d %H:%M:%S %Z} (snapshot)" if result.data_as_of else "")
         + "[/]"
     )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,7 +22,7 @@ from rich.table import Table
 
 from gridsentry.auth import read_local_token
 from gridsentry.config import Config, ConfigError, load_config
-from storage import archive, backup
+from storage import archive, backup, pitr
 from storage.writer import open_database
 
 db_app = typer.Typer(help="Backups, restore and integrity checks of the history.", no_args_is_help=True)
@@ -127,9 +128,35 @@ def backup_cmd(
     )
 
 
+def _parse_at(text: str) -> datetime:
+    try:
+        at = datetime.fromisoformat(text.replace(" ", "T", 1) if " " in text and "T" not in text else text)
+    except ValueError:
+        raise _fail(
+            f"--at {text!r} is not a time: write it as ISO 8601 with its zone, e.g. 2026-11-20T14:30:00+08:00"
+        ) from None
+    if at.tzinfo is None:
+        raise _fail(f"--at {text!r} has no time zone: add it, e.g. {text}+08:00 (Beijing) or {text}Z (UTC)")
+    return at
+
+
 @db_app.command("restore")
 def restore_cmd(
-    backup_dir: Annotated[Path, typer.Argument(help="The backup directory (its chain must sit beside it).")],
+    backup_dir: Annotated[
+        Path | None,
+        typer.Argument(
+            help="The backup directory (its chain must sit beside it). With --at it may be left out: the newest "
+            "backup in history.backup.directory is used."
+        ),
+    ] = None,
+    at: Annotated[
+        str | None,
+        typer.Option(
+            "--at",
+            help="Point in time (ISO 8601 with zone, e.g. 2026-11-20T14:30:00+08:00): restore the history as it "
+            "stood then - readings, events and alerts up to it, alert states of that moment.",
+        ),
+    ] = None,
     data_dir: DataDirOption = None,
     config: ConfigOption = None,
     force: Annotated[
@@ -140,8 +167,34 @@ def restore_cmd(
     cfg = _config(config, data_dir)
     if _running(cfg):
         raise _fail("GridSentry is running on this data directory; stop it before restoring")
+    archive_root = cfg.history.archive_path(cfg.data_dir)
+    if at is not None:
+        when = _parse_at(at)
+        try:
+            point = pitr.restore_at(
+                cfg.history.backup_path(cfg.data_dir),
+                when,
+                cfg.database_path,
+                archive_root,
+                force=force,
+                backup_dir=backup_dir,
+            )
+        except backup.BackupError as exc:
+            raise _fail(str(exc)) from exc
+        removed = ", ".join(f"{n:,} {what}" for what, n in point.removed.items()) or "nothing"
+        console.print(
+            f"[green]restored the history as of {point.at}[/] from backup {point.backup_id} (taken "
+            f"{point.backup_taken_at}): {point.readings:,} readings, the latest at {point.latest_reading}; "
+            f"removed as later than {point.at}: {removed}",
+            soft_wrap=True,
+        )
+        if point.moved_aside:
+            console.print(f"the previous database was kept as {point.moved_aside}")
+        return
+    if backup_dir is None:
+        raise _fail("name the backup directory to restore (gridsentry db backups lists them), or pass --at TIME")
     try:
-        report = backup.restore(backup_dir, cfg.database_path, cfg.history.archive_path(cfg.data_dir), force=force)
+        report = backup.restore(backup_dir, cfg.database_path, archive_root, force=force)
     except backup.BackupError as exc:
         raise _fail(str(exc)) from exc
     console.print(

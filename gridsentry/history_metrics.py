@@ -29,6 +29,32 @@ def history_metrics(s: Service) -> Iterator[Metric]:
     )
     c.add_metric([], len(w.wal_quarantines))
     yield c
+    c = CounterMetricFamily(
+        "gridsentry_storage_reopens",
+        "Times the database was reopened after DuckDB invalidated it (a fatal error, e.g. a checkpoint on a full disk)",
+        labels=[],
+    )
+    c.add_metric([], w.reopens)
+    yield c
+    # Yielded on both tiers (zero on the live one), so the catalogue and dashboards do not depend on the tier.
+    sql = s.sql.status()
+    c = CounterMetricFamily(
+        "gridsentry_sql_snapshot_refreshes", "Copies of the database made for engineers' SQL (snapshot tier)", labels=[]
+    )
+    c.add_metric([], sql.get("refreshes", 0))
+    yield c
+    yield GaugeMetricFamily(
+        "gridsentry_sql_snapshot_refresh_seconds",
+        "How long the last copy for engineers' SQL took (snapshot tier)",
+        value=sql.get("last_refresh_seconds", 0.0),
+    )
+    c = CounterMetricFamily(
+        "gridsentry_sql_worker_restarts",
+        "Query processes replaced because they died or ignored their timeout and were killed (snapshot tier)",
+        labels=[],
+    )
+    c.add_metric([], sql.get("worker_restarts", 0))
+    yield c
     try:
         usage = shutil.disk_usage(s.cfg.data_dir)
         yield GaugeMetricFamily(

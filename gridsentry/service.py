@@ -42,7 +42,7 @@ from rules.runtime import RulesRuntime, devices_from_ledger
 from storage.batch import DeadLetter, IngestBatch, dead_letters_table
 from storage.history import HistoryJobs
 from storage.ledger import register_unknown_devices, sync_ledger
-from storage.sql import QueryRunner
+from storage.sql_snapshot import query_runner
 from storage.writer import CommitResult, StorageWriter
 
 if TYPE_CHECKING:
@@ -72,12 +72,16 @@ class Service:
             cfg.database_path,
             memory_limit=cfg.storage.memory_limit,
             threads=cfg.storage.threads,
-            allowed_directories=[cfg.history.archive_path(cfg.data_dir), cfg.history.backup_path(cfg.data_dir)],
+            allowed_directories=[
+                cfg.history.archive_path(cfg.data_dir),
+                cfg.history.backup_path(cfg.data_dir),
+                cfg.history.snapshot_path(cfg.data_dir),
+            ],
             lock_configuration=cfg.history.sql.lock_configuration,
             worker_nice=cfg.history.sql.nice,
         )
         self.history = HistoryJobs(self.writer, cfg.history, cfg.data_dir)
-        self.sql = QueryRunner(self.writer.reader, concurrent=cfg.history.sql.concurrent, nice=cfg.history.sql.nice)
+        self.sql = query_runner(self.writer.reader, cfg.history, cfg.data_dir)
         self.writer.on_memory_pressure = self.sql.stop_all
         self.catalogue = metric_catalogue(cfg)
         self.alert_stage = AlertStage(self.writer, cfg.alerts)

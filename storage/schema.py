@@ -427,6 +427,19 @@ MIGRATIONS: tuple[Migration, ...] = (
         """,
     ),
     Migration(
+        9,
+        "writer commit marker: tells after a fatal error whether the last commit landed",
+        """
+        -- One row, updated in every write transaction with the writer's sequence number. When DuckDB
+        -- invalidates the database during a COMMIT (a checkpoint failing on a full disk after the WAL
+        -- was written), the writer reopens it and reads this row: the job is replayed only if its
+        -- commit did not land, so nothing acknowledged is lost and nothing is stored twice.
+        -- No key: an indexed UPDATE costs more, and there is only ever this one row.
+        CREATE TABLE writer_commits (seq UBIGINT NOT NULL);
+        INSERT INTO writer_commits VALUES (0);
+        """,
+    ),
+    Migration(
         3,
         "rule state (pending, firing) surviving restarts",
         """

@@ -6,6 +6,7 @@ One `history:` section of gridsentry.yaml. Every field has a description (`grids
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -36,6 +37,41 @@ class RetentionConfig(_Model):
 
 
 class SqlConfig(_Model):
+    tier: Literal["live", "snapshot"] = Field(
+        "live",
+        description=(
+            "Where engineers' queries run. snapshot: in separate low-priority worker processes on a read-only copy "
+            "of the database, at most snapshot_max_age_s old (ingest keeps its commit latency under heavy queries). "
+            "live: on the service's own database, up to the last commit, sharing its CPU and memory."
+        ),
+    )
+    snapshot_max_age_s: float = Field(
+        60.0,
+        gt=0,
+        le=86400,
+        description=(
+            "Snapshot tier: a query finding the copy older than this (seconds) waits for a fresh one. Each refresh "
+            "copies the hot database (about 1 s per few million readings); answers state the copy's time."
+        ),
+    )
+    worker_memory_limit: str = Field(
+        "512MB",
+        pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|KiB|MiB|GiB)$",
+        description="Snapshot tier: DuckDB memory limit of each query process (e.g. 512MB, 2GB); beyond it a query fails.",
+    )
+    worker_idle_priority: bool = Field(
+        True,
+        description=(
+            "Snapshot tier: run query processes under Linux SCHED_IDLE, on CPU time nothing else wants; under "
+            "a saturated CPU engineers' queries then wait (up to timeout_s) rather than ingest."
+        ),
+    )
+    worker_threads: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Snapshot tier: DuckDB threads of each query process (1 leaves the cores to ingest).",
+    )
     timeout_s: float = Field(
         30.0, gt=0, le=3600, description="Longest an engineer's query may run before it is stopped."
     )
@@ -87,6 +123,10 @@ class HistoryConfig(_Model):
 
     def archive_path(self, data_dir: Path) -> Path:
         return (self.archive_dir if self.archive_dir.is_absolute() else data_dir / self.archive_dir).resolve()
+
+    def snapshot_path(self, data_dir: Path) -> Path:
+        """Where the snapshot tier keeps its read-only copy of the database (beside the database)."""
+        return (data_dir / "sql-snapshot").resolve()
 
     def backup_path(self, data_dir: Path) -> Path:
         d = self.backup.directory

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import duckdb
@@ -63,6 +64,7 @@ class QueryResult:
     truncated: bool
     seconds: float
     arrow: pa.Table | None = field(default=None, compare=False)
+    data_as_of: datetime | None = None  # the snapshot's instant (snapshot tier); None: live data
 
     def as_records(self) -> list[dict[str, Any]]:
         return [dict(zip(self.columns, r, strict=True)) for r in self.rows]
@@ -221,6 +223,9 @@ class QueryRunner:
 
     async def run(self, sql: str, *, timeout_s: float, max_rows: int) -> QueryResult:
         return await asyncio.wrap_future(self.submit(sql, timeout_s=timeout_s, max_rows=max_rows))
+
+    def status(self) -> dict[str, Any]:
+        return {"tier": "live", "preemptions": self.preemptions}
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
