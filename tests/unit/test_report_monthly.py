@@ -17,6 +17,7 @@ from gridsentry.cli import app
 from gridsentry.config import Config
 from gridsentry.demo_history import seed_demo_history
 from reports.monthly import build_monthly, render_markdown, write_xlsx
+from reports.monthly_render import XLSX_SHEETS
 from simulator.core import FleetSimulator
 from storage.schema import migrate
 
@@ -69,7 +70,7 @@ def test_charger_figures_match_ground_truth(monkeypatch: pytest.MonkeyPatch, tmp
     xlsx = tmp_path / "report.xlsx"
     write_xlsx(report, xlsx)
     book = openpyxl.load_workbook(xlsx)
-    assert book.sheetnames == ["Chargers", "SLA"]
+    assert book.sheetnames == list(XLSX_SHEETS)
     sheet_rows = {r[0]: r for r in book["Chargers"].iter_rows(min_row=2, values_only=True)}
     for device, row in chargers.items():
         assert sheet_rows[device][1] == row.uses and sheet_rows[device][3] == row.faults
@@ -94,6 +95,6 @@ def test_cli_monthly_writes_markdown(tmp_path: Path) -> None:
     args = ["report", "monthly", "--month", "2026-11", "--data-dir", str(tmp_path), "-f", "xlsx", "-o", str(xlsx)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert openpyxl.load_workbook(xlsx).sheetnames == ["Chargers", "SLA"]
+    assert openpyxl.load_workbook(xlsx).sheetnames == list(XLSX_SHEETS)
     bad = CliRunner().invoke(app, ["report", "monthly", "--month", "2026-13", "--data-dir", str(tmp_path)])
     assert bad.exit_code == 2 and "YYYY-MM" in bad.output
