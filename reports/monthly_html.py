@@ -24,13 +24,15 @@ _TEMPLATE = """<!DOCTYPE html>
   h1 { font-size: 22px; margin-bottom: 4px; } h2 { font-size: 17px; margin-top: 28px; border-bottom: 2px solid #1f6fb2; }
   table { border-collapse: collapse; margin: 8px 0 12px; font-variant-numeric: tabular-nums; }
   th, td { border: 1px solid #bbb; padding: 3px 8px; } th { background: #eef3f8; text-align: left; }
-  td.n { text-align: right; } tr.total td { font-weight: bold; } .muted { fill: #666; color: #666; }
+  td.n { text-align: right; white-space: nowrap; } tr.total td { font-weight: bold; } .muted { fill: #666; color: #666; }
   .chart { display: block; margin: 6px 0 14px; max-width: 100%; height: auto; font-size: 11px; }
   .chart-title { font-weight: bold; font-size: 12px; } .charts { display: flex; flex-wrap: wrap; gap: 12px 32px; }
   .bad { color: #b23a48; font-weight: bold; }
   @page { size: A4; margin: 14mm 12mm; }
   @media print {
-    body { margin: 0; max-width: none; font-size: 10.5pt; }
+    body { margin: 0; max-width: none; font-size: 10.5pt; padding: 0; }
+    table { font-size: 8.5pt; } th, td { padding: 2px 4px; }
+    td.when { white-space: normal; }
     section { break-inside: avoid-page; } table, .chart { break-inside: avoid; }
     h2 { break-after: avoid; } th { background: #eee !important; -webkit-print-color-adjust: exact;
     print-color-adjust: exact; } rect { print-color-adjust: exact; -webkit-print-color-adjust: exact; }
@@ -70,7 +72,7 @@ _TEMPLATE = """<!DOCTYPE html>
 {% for i in r.inverters %}<tr><td>{{ i.device_id }}</td><td>{{ i.site }}</td><td class="n">{{ num(i.peak_kwp) }}</td>
 <td class="n">{{ "%.1f"|format(i.energy_kwh) }}</td><td class="n">{{ num(i.specific_yield, 2) }}</td>
 <td class="n">{{ num(i.insolation_kwh_m2, 2) }}</td><td class="n">{{ pct(i.performance_ratio) }}</td>
-<td class="n">{{ pct(i.availability) }}</td><td class="n">{{ i.faults }}</td><td>{{ when(i.last_reading) }}</td>
+<td class="n">{{ pct(i.availability) }}</td><td class="n">{{ i.faults }}</td><td class="when">{{ when(i.last_reading) }}</td>
 <td{% if i.silent or i.open_alerts %} class="bad"{% endif %}>{{ i.status }}</td></tr>
 {% endfor %}</table>
 <table>
