@@ -8,6 +8,7 @@ definitions are in docs/reports.md. Renderers live in `reports.monthly_render` a
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import defaultdict
 from dataclasses import replace
@@ -52,6 +53,9 @@ SILENCE_INTERVALS = 3.0
 DOWN_STATUSES = ("Faulted", "Unavailable")
 # How far back the last reading before the window may lie and still start the energy counter's first step.
 COUNTER_LOOKBACK = timedelta(days=1)
+KWP_TAG = "kwp:"
+
+log = logging.getLogger(__name__)
 
 _SCOPE = "SELECT device_id FROM devices WHERE CAST($site AS VARCHAR) IS NULL OR site = $site"
 
@@ -59,7 +63,8 @@ _SCOPE = "SELECT device_id FROM devices WHERE CAST($site AS VARCHAR) IS NULL OR 
 def build_monthly(con: duckdb.DuckDBPyConnection, month: str, zone: ZoneInfo, site: str | None = None) -> MonthlyReport:
     """Figures for `month` (YYYY-MM) in the contract's time zone; `site` limits every section to one site."""
     start, end = month_bounds(month, zone)
-    devices = _devices(con, site)
+    notes: list[str] = []
+    devices = _devices(con, site, notes)
     window = _observed_window(con, start, end, site)
     kpis = monthly_kpis(con, month, zone, site)
     faults = _fault_counts(con, start, end, site)
@@ -70,7 +75,7 @@ def build_monthly(con: duckdb.DuckDBPyConnection, month: str, zone: ZoneInfo, si
             for d in devices
             if d["kind"] in CHARGER_KINDS
         ]
-        return MonthlyReport(month, site, zone.key, chargers, kpis)
+        return MonthlyReport(month, site, zone.key, chargers, kpis, notes=tuple(notes))
     w_start, w_end = window
     hours = (w_end - w_start).total_seconds() / 3600.0
     presence = _presence(con, w_start, w_end, site)
@@ -125,19 +130,51 @@ def build_monthly(con: duckdb.DuckDBPyConnection, month: str, zone: ZoneInfo, si
         tuple(transformers),
         completeness,
         daily,
+        tuple(notes),
     )
 
 
-def _devices(con: duckdb.DuckDBPyConnection, site: str | None) -> list[dict[str, Any]]:
+def _devices(con: duckdb.DuckDBPyConnection, site: str | None, notes: list[str]) -> list[dict[str, Any]]:
+    """The ledger's devices in scope. A PV inverter's array size is its rated_kw unless a `kwp:<number>` tag
+    gives the DC nameplate (arrays are often oversized against the inverter's AC rating)."""
+    if site is not None:
+        sites = [str(r[0]) for r in con.execute("SELECT DISTINCT site FROM devices ORDER BY 1").fetchall()]
+        if site not in sites:
+            known = ", ".join(sites) or "none yet"
+            raise ValueError(f"site {site!r} is not in the equipment ledger (known sites: {known}); check --site")
     rows = con.execute(
-        "SELECT device_id, site, kind, rated_kw, expected_interval_s FROM devices "
+        "SELECT device_id, site, kind, rated_kw, expected_interval_s, tags FROM devices "
         "WHERE CAST($site AS VARCHAR) IS NULL OR site = $site ORDER BY kind, device_id",
         {"site": site},
     ).fetchall()
-    return [
-        {"device_id": str(r[0]), "site": str(r[1]), "kind": str(r[2]), "rated_kw": r[3], "interval_s": float(r[4])}
-        for r in rows
-    ]
+    out = []
+    for device_id, dev_site, kind, rated, interval, tags in rows:
+        size = rated
+        for tag in tags or []:
+            if kind == "pv_inverter" and str(tag).startswith(KWP_TAG):
+                text = str(tag)[len(KWP_TAG) :]
+                try:
+                    size = float(text)
+                    if not size > 0:
+                        raise ValueError(text)
+                except ValueError:
+                    size = rated
+                    note = (
+                        f"{device_id}: tag {tag!r} is not a positive kWp figure (write e.g. kwp:55.2); "
+                        f"using its rated {rated} kW as the array size"
+                    )
+                    log.warning("monthly report: %s", note)
+                    notes.append(note)
+        out.append(
+            {
+                "device_id": str(device_id),
+                "site": str(dev_site),
+                "kind": str(kind),
+                "rated_kw": size if kind == "pv_inverter" else rated,
+                "interval_s": float(interval),
+            }
+        )
+    return out
 
 
 def _observed_window(

@@ -43,7 +43,8 @@ _TEMPLATE = """<!DOCTYPE html>
 <header>
 <h1>Monthly operations report {{ r.month }}{% if r.site %} — site {{ r.site }}{% endif %}</h1>
 <p>{{ window }}</p>
-</header>
+{% for n in r.notes %}<p class="bad">Note: {{ n }}</p>
+{% endfor %}</header>
 
 <section id="daily">
 <h2>Energy per day</h2>

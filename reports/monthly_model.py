@@ -116,6 +116,7 @@ class MonthlyReport:
     transformers: tuple[TransformerMonth, ...] = ()
     completeness: tuple[DataCompleteness, ...] = ()
     daily: tuple[DayFigures, ...] = ()
+    notes: tuple[str, ...] = ()  # what the reader must know about the figures (ledger problems)
 
     @property
     def observed_hours(self) -> float:

@@ -51,7 +51,9 @@ def window_line(report: MonthlyReport) -> str:
 def render_markdown(report: MonthlyReport) -> str:
     where = f" — site {report.site}" if report.site else ""
     lines = [f"# Monthly operations report {report.month}{where}", "", f"Times in {report.timezone}.", ""]
-    lines += [window_line(report), "", "## Chargers", ""]
+    lines += [window_line(report), ""]
+    lines += [f"> Note: {n}" for n in report.notes] + ([""] if report.notes else [])
+    lines += ["## Chargers", ""]
     lines += [
         "| Device | Site | Uses | kWh charged | Utilisation | Availability | Faults |",
         "|---|---|---:|---:|---:|---:|---:|",
