@@ -69,13 +69,23 @@ def build_monthly(con: duckdb.DuckDBPyConnection, month: str, zone: ZoneInfo, si
     kpis = monthly_kpis(con, month, zone, site)
     faults = _fault_counts(con, start, end, site)
     sessions = _sessions(con, start, end, site)
+    uses: dict[str, int] = defaultdict(int)
+    charged: dict[str, float] = defaultdict(float)
+    daily_charged: dict[date, float] = defaultdict(float)
+    for dev, _, day, n, kwh in sessions:
+        uses[dev] += n
+        charged[dev] += kwh
+        daily_charged[day] += kwh
+    charger_devices = [d for d in devices if d["kind"] in CHARGER_KINDS]
     if window is None:
+        # Sessions, faults and alerts are still known; time-based figures are not.
         chargers = [
-            ChargerMonth(d["device_id"], 0, 0.0, faults.get(d["device_id"], 0), d["site"], d["rated_kw"])
-            for d in devices
-            if d["kind"] in CHARGER_KINDS
-        ]
-        return MonthlyReport(month, site, zone.key, chargers, kpis, notes=tuple(notes))
+            ChargerMonth(d["device_id"], uses[d["device_id"]], charged[d["device_id"]], faults.get(d["device_id"], 0),
+                         d["site"], d["rated_kw"])
+            for d in charger_devices
+        ]  # fmt: skip
+        daily_only = tuple(DayFigures(day, kwh, 0.0, None) for day, kwh in sorted(daily_charged.items()))
+        return MonthlyReport(month, site, zone.key, chargers, kpis, daily=daily_only, notes=tuple(notes))
     w_start, w_end = window
     hours = (w_end - w_start).total_seconds() / 3600.0
     presence = _presence(con, w_start, w_end, site)
@@ -86,18 +96,12 @@ def build_monthly(con: duckdb.DuckDBPyConnection, month: str, zone: ZoneInfo, si
         return max(0.0, 1.0 - down.get(device_id, 0.0) / (hours * 3600.0)) if hours > 0 else 0.0
 
     chargers = []
-    daily_charged: dict[date, float] = defaultdict(float)
-    for row in sessions:
-        daily_charged[row[2]] += row[4]
-    for d in devices:
-        if d["kind"] not in CHARGER_KINDS:
-            continue
-        dev = d["device_id"]
-        uses = sum(r[3] for r in sessions if r[0] == dev)
-        kwh = sum(r[4] for r in sessions if r[0] == dev)
-        rated = d["rated_kw"]
-        util = kwh / (rated * hours) if rated and hours > 0 else None
-        chargers.append(ChargerMonth(dev, uses, kwh, faults.get(dev, 0), d["site"], rated, util, availability(dev)))
+    for d in charger_devices:
+        dev, rated = d["device_id"], d["rated_kw"]
+        util = charged[dev] / (rated * hours) if rated and hours > 0 else None
+        chargers.append(
+            ChargerMonth(dev, uses[dev], charged[dev], faults.get(dev, 0), d["site"], rated, util, availability(dev))
+        )
 
     inverters, plants, daily_generated = _pv(con, devices, w_start, w_end, zone, site, faults, open_alerts, presence)
     inverters = [replace(inv, availability=availability(inv.device_id)) for inv in inverters]

@@ -111,8 +111,14 @@ def _tiny_plant() -> duckdb.DuckDBPyConnection:
         """
         INSERT INTO devices (device_id, site, kind, rated_kw, expected_interval_s, tags) VALUES
             ('INV09', 's1', 'pv_inverter', 40, 600, ['kwp:48']),
-            ('INV10', 's1', 'pv_inverter', 30, 600, ['kwp:abc'])
+            ('INV10', 's1', 'pv_inverter', 30, 600, ['kwp:abc']),
+            ('AC77', 's1', 'charger_ac', 7, 600, [])
         """
+    )
+    # AC77 never reports readings, only a session in July (a month without any reading).
+    con.execute(
+        "INSERT INTO charging_sessions VALUES ('AC77-1', 'AC77', 1, TIMESTAMPTZ '2026-07-09 10:00:00+00', "
+        "TIMESTAMPTZ '2026-07-09 11:00:00+00', 6.5, 'EVDisconnected')"
     )
     start = datetime(2026, 6, 3, 4, tzinfo=UTC)
     # INV09: +5 kWh every 10 min at 500 W/m², except one drop (a counter reset, which adds nothing).
@@ -144,7 +150,9 @@ def test_pv_figures_by_hand_and_the_kwp_tag() -> None:
     assert plant.peak_kwp == 78.0 and plant.energy_kwh == pytest.approx(85)
     assert plant.performance_ratio == pytest.approx(inv09.performance_ratio)  # only the measured inverter
     completeness = {c.device_id: (c.expected, c.stored) for c in report.completeness}
-    assert completeness == {"INV09": (7, 7), "INV10": (7, 6)}
+    assert completeness == {"INV09": (7, 7), "INV10": (7, 6), "AC77": (7, 0)}
+    (ac77,) = report.chargers
+    assert ac77.uses == 0 and ac77.availability == 0.0 and ac77.utilisation == 0.0  # silent all window
     assert len(report.notes) == 1 and "INV10" in report.notes[0] and "kwp:55.2" in report.notes[0]
     assert "> Note: INV10" in render_markdown(report)
 
@@ -155,6 +163,8 @@ def test_unknown_site_and_empty_month_are_explained(tmp_path: Path) -> None:
         build_monthly(con, "2026-06", ZoneInfo("UTC"), site="nowhere")
     empty = build_monthly(con, "2026-07", ZoneInfo("UTC"))
     assert empty.window_start is None and empty.inverters == () and empty.completeness == ()
+    (ac77,) = empty.chargers
+    assert ac77.uses == 1 and ac77.energy_kwh == 6.5 and ac77.availability is None and ac77.utilisation is None
     assert "No readings are stored for this month" in render_markdown(empty)
     assert "No readings are stored for this month" in render_html(empty)
     write_xlsx(empty, tmp_path / "empty.xlsx")
