@@ -97,6 +97,7 @@ _TEMPLATE = """<!DOCTYPE html>
 <td class="n">{{ pct(t.mean_load_factor) }}</td><td class="n">{{ "%.2f"|format(t.hours_above_rated) }}</td>
 <td class="n">{{ num(t.top_oil_max_c) }}</td></tr>
 {% endfor %}</table>
+{{ load_chart }}
 {% else %}<p>No box transformers in scope.</p>{% endif %}
 </section>
 
@@ -154,6 +155,13 @@ def render_html(report: MonthlyReport) -> str:
                 [("Charged", [d.charged_kwh for d in r.daily]), ("Generated (PV)", [d.generated_kwh for d in r.daily])],
                 "kWh",
             )
+        ),
+        load_chart=daily_columns(
+            "Peak load factor per day (100 % = rated kVA)",
+            days,
+            [("Peak load factor", [d.peak_load_factor or 0.0 for d in r.daily])],
+            "%",
+            reference=1.0,
         ),
         charger_chart=(horizontal_bars("kWh charged", [(c.device_id, c.energy_kwh) for c in r.chargers], "kWh")),
         availability_chart=(

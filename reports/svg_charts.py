@@ -54,11 +54,19 @@ def horizontal_bars(
     return Markup("".join(parts))  # noqa: S704
 
 
-def daily_columns(title: str, days: Sequence[str], series: Sequence[tuple[str, Sequence[float]]], unit: str) -> Markup:
-    """Columns per day, one colour per series side by side, with a legend and a labelled maximum."""
+def daily_columns(
+    title: str,
+    days: Sequence[str],
+    series: Sequence[tuple[str, Sequence[float]]],
+    unit: str,
+    *,
+    reference: float | None = None,
+) -> Markup:
+    """Columns per day, one colour per series side by side, with a legend, a labelled maximum and, if given,
+    a dashed reference line (e.g. rated load)."""
     left, plot_w, plot_h, top = 56.0, 640.0, 160.0, 40.0
     n = max(1, len(days))
-    peak = max((v for _, values in series for v in values), default=0.0) or 1.0
+    peak = max([v for _, values in series for v in values] + [reference or 0.0]) or 1.0
     slot = plot_w / n
     col_w = max(1.0, slot * 0.8 / max(1, len(series)))
     height = top + plot_h + 34
@@ -70,6 +78,12 @@ def daily_columns(title: str, days: Sequence[str], series: Sequence[tuple[str, S
         f'<text x="{left - 4}" y="{top + 4}" text-anchor="end" class="muted">{escape(_fmt(peak, unit))}</text>',
         f'<line x1="{left}" y1="{top}" x2="{left + plot_w}" y2="{top}" stroke="#ddd"/>',
     ]
+    if reference is not None:
+        y = top + plot_h - reference / peak * plot_h
+        parts.append(
+            f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" stroke="#b23a48" stroke-dasharray="4 3"/>'
+        )
+        parts.append(f'<text x="{left - 4}" y="{y + 4:.1f}" text-anchor="end">{escape(_fmt(reference, unit))}</text>')
     for s, (name, _) in enumerate(series):
         x = left + s * 150
         parts.append(f'<rect x="{x}" y="24" width="10" height="10" fill="{PALETTE[s % len(PALETTE)]}"/>')

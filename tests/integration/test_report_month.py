@@ -330,7 +330,7 @@ def _render_in_chromium(html: Path, out: Path) -> None:
             assert page.locator("h1").inner_text().startswith(f"Monthly operations report {sc.MONTH}")
             for section in ("chargers", "pv", "transformers", "sla", "completeness", "daily"):
                 assert page.locator(f"section#{section} h2").is_visible(), section
-            assert page.locator("svg.chart").count() == 7
+            assert page.locator("svg.chart").count() == 8
             # The daily chart draws one column per day and series, each at least partly visible.
             assert page.locator("section#daily svg rect[height]").count() >= 2 * 28
             page.screenshot(path=str(out / "monthly-report.png"), full_page=True)
