@@ -66,8 +66,9 @@ def month_bounds(month: str, zone: ZoneInfo) -> tuple[datetime, datetime]:
     return start, end
 
 
-def monthly_kpis(con: duckdb.DuckDBPyConnection, month: str, zone: ZoneInfo) -> list[ClassKpi]:
-    """One row per event class (I, II, III, all), in the month of the contract's time zone."""
+def monthly_kpis(con: duckdb.DuckDBPyConnection, month: str, zone: ZoneInfo, site: str | None = None) -> list[ClassKpi]:
+    """One row per event class (I, II, III, all), in the month of the contract's time zone; `site` keeps
+    only that site's alerts."""
     start, end = month_bounds(month, zone)
     rows = con.execute(
         """
@@ -90,9 +91,10 @@ def monthly_kpis(con: duckdb.DuckDBPyConnection, month: str, zone: ZoneInfo) -> 
                avg(epoch(ev.restored) - epoch(ev.fired)) AS mttr
         FROM alerts a JOIN ev USING (alert_id)
         WHERE a.suppressed IS NULL AND ev.fired >= ? AND ev.fired < ?
+          AND (CAST(? AS VARCHAR) IS NULL OR a.site = ?)
         GROUP BY ROLLUP (a.event_class)
         """,
-        [start, end],
+        [start, end, site, site],
     ).fetchall()
     found = {str(r[0]): r for r in rows}
     out = []

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 
 from gridsentry.cli_alerts import ConfigOpt, DataDir, _config, _fail
-from reports.monthly import build_monthly, render_markdown, write_xlsx
+from reports.monthly import build_monthly, render_html, render_markdown, write_xlsx
 
 report_app = typer.Typer(help="Reports the service contract asks for.", no_args_is_help=True)
 err = Console(stderr=True)
@@ -20,19 +20,22 @@ err = Console(stderr=True)
 
 class ReportFormat(StrEnum):
     md = "md"
+    html = "html"
     xlsx = "xlsx"
 
 
 @report_app.command("monthly")
 def monthly(
     month: Annotated[str, typer.Option(help="YYYY-MM, in the standby time zone.")],
-    site: Annotated[str | None, typer.Option(help="Only this site's chargers.")] = None,
-    output_format: Annotated[ReportFormat, typer.Option("--format", "-f", help="md or xlsx.")] = ReportFormat.md,
+    site: Annotated[str | None, typer.Option(help="Only this site: every section, the alert KPIs included.")] = None,
+    output_format: Annotated[
+        ReportFormat, typer.Option("--format", "-f", help="md (text), html (printable, with charts) or xlsx.")
+    ] = ReportFormat.md,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here (xlsx needs it).")] = None,
     data_dir: DataDir = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Monthly operations report: uses, kWh charged and faults per charger; alert KPIs per class."""
+    """Monthly operations report: chargers, PV, transformers, alert KPIs per class, data completeness."""
     if output_format is ReportFormat.xlsx and output is None:
         raise _fail("--format xlsx writes a file: add --output report.xlsx")
     cfg = _config(config, data_dir)
@@ -54,7 +57,7 @@ def monthly(
         write_xlsx(report, output)
         err.print(f"report written to {output}")
         return
-    text = render_markdown(report)
+    text = render_html(report) if output_format is ReportFormat.html else render_markdown(report)
     if output is None:
         typer.echo(text, nl=False)
     else:
