@@ -23,6 +23,7 @@ from collector.modbus.api import modbus_router
 from gridsentry import __version__
 from gridsentry.api_alerts import alerts_router
 from gridsentry.api_history import add_history_routes
+from gridsentry.api_reports import reports_router
 from gridsentry.api_rules import rules_router
 from gridsentry.auth import principal_of, require
 from gridsentry.exporter import render_metrics
@@ -157,6 +158,7 @@ def create_app(service: Service) -> FastAPI:
     add_routes(app, alerts_router(service))
 
     add_history_routes(app, service)
+    add_routes(app, reports_router(service))
 
     install_wall(app, service)
     return app
