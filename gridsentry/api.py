@@ -24,6 +24,7 @@ from gridsentry import __version__
 from gridsentry.api_alerts import alerts_router
 from gridsentry.api_history import add_history_routes
 from gridsentry.api_maintenance import maintenance_router
+from gridsentry.api_reports import reports_router
 from gridsentry.api_rules import rules_router
 from gridsentry.auth import principal_of, require
 from gridsentry.exporter import render_metrics
@@ -159,6 +160,7 @@ def create_app(service: Service) -> FastAPI:
     add_routes(app, maintenance_router(service))
 
     add_history_routes(app, service)
+    add_routes(app, reports_router(service))
 
     install_wall(app, service)
     return app

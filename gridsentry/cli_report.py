@@ -63,3 +63,55 @@ def monthly(
     else:
         output.write_text(text, encoding="utf-8")
         err.print(f"report written to {output}")
+
+
+class MaintenanceFormat(StrEnum):
+    md = "md"
+    json = "json"
+    csv = "csv"
+
+
+@report_app.command("maintenance")
+def maintenance(
+    site: Annotated[str | None, typer.Option(help="Only this site's devices.")] = None,
+    days: Annotated[int, typer.Option(min=1, help="Fault-rate period: the last N days.")] = 30,
+    top: Annotated[int | None, typer.Option(min=1, help="Show only the first N devices to visit.")] = None,
+    output_format: Annotated[MaintenanceFormat, typer.Option("--format", "-f", help="md, json or csv.")] = (
+        MaintenanceFormat.md
+    ),
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
+    data_dir: DataDir = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Fault rates per device model per 1,000 operating hours, and the devices to visit first, with why."""
+    from reports.maintenance import build_maintenance
+    from reports.maintenance import render_csv as maintenance_csv
+    from reports.maintenance import render_json as maintenance_json
+    from reports.maintenance import render_markdown as maintenance_md
+
+    cfg = _config(config, data_dir)
+    zone = ZoneInfo(cfg.alerts.sla.standby.timezone)
+    db = cfg.database_path
+    if not db.exists():
+        raise _fail(f"no database at {db}; start GridSentry first, or pass --data-dir/--config")
+    try:
+        con = duckdb.connect(str(db), read_only=True)
+    except duckdb.IOException as exc:
+        raise _fail(f"the database {db} is in use by a running GridSentry ({exc}); use the API route instead") from exc
+    try:
+        report = build_maintenance(con, days=days, site=site, zone=zone, limit=top)
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    finally:
+        con.close()
+    render = {
+        MaintenanceFormat.md: maintenance_md,
+        MaintenanceFormat.json: maintenance_json,
+        MaintenanceFormat.csv: maintenance_csv,
+    }[output_format]
+    text = render(report)
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
+        err.print(f"report written to {output}")

@@ -13,6 +13,7 @@ import logging
 from functools import cache
 from importlib import resources
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.exception_handlers import http_exception_handler
@@ -20,6 +21,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gridsentry.api_reports import VisitList
 from gridsentry.auth import require
 
 if TYPE_CHECKING:
@@ -59,6 +61,17 @@ def _jsonable(v: Any) -> Any:
 
 
 def install_wall(app: FastAPI, service: Service) -> None:
+    # Ranked again at most every ten wall refreshes (and at least once a minute): it moves in minutes, not seconds.
+    ttl_s = min(60.0, 10.0 * service.cfg.screens.wall.refresh_s)
+    visit_list = VisitList(service.writer.reader, ZoneInfo(service.cfg.alerts.sla.standby.timezone), ttl_s=ttl_s)
+
+    def visit_first() -> list[dict[str, Any]] | None:
+        try:
+            return visit_list.rows()
+        except Exception as exc:  # the wall still shows alerts and the fleet
+            log.warning("the wall screen could not rank the devices to visit: %s", exc)
+            return None
+
     # Registered on the app itself: this FastAPI wraps include_router() in one opaque entry, and the route-list
     # test (tests/integration/test_auth.py) must see each guarded route.
     @app.get("/", tags=["wall"], response_class=HTMLResponse, dependencies=[require("viewer", public="wall")])
@@ -91,6 +104,7 @@ def install_wall(app: FastAPI, service: Service) -> None:
             "alerts_truncated": len(rows) > WALL_ALERT_LIMIT,
             "fleet": service.screens.wall_fleet(),
             "oncall": oncall_now(),
+            "visit_first": visit_first(),
         }
 
     def oncall_now() -> list[Any] | None:

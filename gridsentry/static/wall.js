@@ -160,6 +160,30 @@
     $("oncall-name").textContent = text;
   }
 
+  function renderVisit(rows) {
+    // The top of `gridsentry report maintenance`; absent (null) when the ranking could not be computed.
+    const list = $("visit");
+    list.replaceChildren();
+    for (const v of rows || []) {
+      const li = document.createElement("li");
+      li.dataset.device = v.device_id;
+      const score = document.createElement("span");
+      score.className = "score";
+      score.textContent = fmtNum(v.score, 0);
+      const dev = document.createElement("b");
+      dev.textContent = v.device_id + " ";
+      const site = document.createElement("span");
+      site.className = "why";
+      site.textContent = v.site + " · " + v.kind;
+      const why = document.createElement("div");
+      why.className = "why";
+      why.textContent = (v.reasons || []).join("; ");
+      li.append(score, dev, site, why);
+      list.append(li);
+    }
+    $("no-visit").hidden = !(Array.isArray(rows) && rows.length === 0);
+  }
+
   async function refresh() {
     try {
       const w = await getJson("/api/wall");
@@ -175,6 +199,7 @@
       $("link").title = "updated " + w.fleet.now;
       document.body.dataset.updated = w.fleet.now;
       renderOncall(w.oncall);
+      renderVisit(w.visit_first);
     } catch (e) {
       $("link").className = "link down";
       $("link").title = String(e.message || e);

@@ -141,6 +141,7 @@ async def test_wall_shows_the_fleet_and_a_new_alert_without_reload(tmp_path: Pat
             assert await page.locator('.tile.online[data-device="TX01"]').count() == 1
             assert await page.locator('.tile.never_seen[data-device="AC09"]').count() == 1
             assert await page.text_content("#oncall-name") == "Li Wei 李伟 · +86 138 0000 0001  (2: Zhang Min)"
+            assert await page.locator("#no-visit").is_visible()
             await page.screenshot(path=str(ARTIFACTS / "wall-calm.png"))
 
             # DC01's gun 1 runs at 95 °C for 40 s: the built-in pack raises class II (> 80) and class I (> 90).
@@ -171,6 +172,10 @@ async def test_wall_shows_the_fleet_and_a_new_alert_without_reload(tmp_path: Pat
             assert await page.text_content("#count-I") == "1" and await page.text_content("#count-II") == "1"
             assert await page.locator('.tile.alarm.I[data-device="DC01"]').count() == 1
             assert await page.text_content("#n-alarm") == "1"
+            # The visit-first panel ranks DC01 (open class I and II alerts) once its cache turns over (10 refreshes).
+            await page.wait_for_selector('#visit li[data-device="DC01"]', timeout=25_000)
+            why = await page.text_content('#visit li[data-device="DC01"] div.why') or ""
+            assert "open class I alert" in why, why
             await page.screenshot(path=str(ARTIFACTS / "wall-alerts.png"))
             await browser.close()
         assert errors == [], errors
