@@ -288,12 +288,26 @@ class StorageWriter:
             # One round trip for marker and COMMIT (measured: +0.5 ms a commit, against +1 ms as two statements).
             con.execute(f"UPDATE writer_commits SET seq = {int(self._attempted_seq)}; COMMIT")
             self._commit_seq = self._attempted_seq
-        except BaseException:
-            self._after_commit.clear()
+        except BaseException as exc:
             with contextlib.suppress(duckdb.Error):
-                con.execute("ROLLBACK")
+                con.execute("ROLLBACK")  # fails harmlessly when the COMMIT did end the transaction
+            if self._job_finished and self._commit_landed(con):
+                # The error came after the COMMIT was durable (an automatic checkpoint that ran out of memory):
+                # the job is done, and running it again would store its readings twice.
+                log.warning("a write failed after its COMMIT had landed (%s); it is kept and not run again", exc)
+                self._commit_seq = self._attempted_seq
+                return result
+            self._after_commit.clear()
             raise
         return result
+
+    def _commit_landed(self, con: duckdb.DuckDBPyConnection) -> bool:
+        """Whether the marker of the transaction just attempted is in the database (read outside it)."""
+        try:
+            row = con.execute("SELECT max(seq) FROM writer_commits").fetchone()
+        except duckdb.Error:
+            return False  # an invalidated database: the reopen path reads the marker after the WAL replay
+        return bool(row and row[0] is not None and int(row[0]) >= self._attempted_seq)
 
     def _retry_after_pressure(self, con: duckdb.DuckDBPyConnection, job: WriteJob[Any]) -> Any:
         # Interrupted queries free their memory as they unwind: a few short waits, then the failure stands.

@@ -264,3 +264,42 @@ def test_a_write_that_runs_out_of_memory_stops_queries_and_is_retried_once(tmp_p
         assert writer.submit(lambda con: con.execute("SELECT x FROM kept").fetchone()).result(10) == (42,)
     finally:
         writer.close()
+
+
+def test_a_write_that_fails_after_its_commit_landed_is_not_stored_twice(tmp_path):
+    """DuckDB can raise after a COMMIT is durable (an automatic checkpoint running out of memory). The writer
+    reads its commit marker: a landed commit is kept, not retried, and its keys still drop a redelivery."""
+    from storage.writer import StorageWriter
+
+    class FailsAfterCommit:
+        def __init__(self, con):
+            self.con, self.armed = con, False
+
+        def execute(self, sql, *args):
+            result = self.con.execute(sql, *args)
+            if self.armed and sql.startswith("UPDATE writer_commits") and sql.endswith("COMMIT"):
+                self.armed = False
+                raise duckdb.OutOfMemoryException("injected: checkpoint after the commit ran out of memory")
+            return result
+
+        def __getattr__(self, name):
+            return getattr(self.con, name)
+
+    class Writer(StorageWriter):
+        def _open(self):
+            self.proxy = FailsAfterCommit(super()._open())
+            return self.proxy
+
+    w = Writer(tmp_path / "gs.duckdb")
+    w.start()
+    try:
+        w.on_memory_pressure = lambda: True  # the retry path would run the batch again if it did not check
+        w.proxy.armed = True
+        assert w.append_sync(keyed_batch([1, 2, 3])).readings == 6
+        assert not w.proxy.armed, "the injected failure did not fire"
+        again = w.append_sync(keyed_batch([1, 2, 3]))  # the broker redelivers: not acknowledged before
+        assert (again.readings, again.duplicates) == (0, 6)
+        assert w.reader().execute("select count(*) from readings").fetchone() == (6,)
+        assert w.commit_failures == 0
+    finally:
+        w.close()
