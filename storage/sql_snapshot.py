@@ -44,7 +44,14 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 import pyarrow as pa
 
-from storage.sql import QueryRejectedError, QueryResult, QueryRunner, QueryTimeoutError, run_read_query
+from storage.sql import (
+    QueryRejectedError,
+    QueryResult,
+    QueryRunner,
+    QueryTimeoutError,
+    check_read_only,
+    run_read_query,
+)
 
 if TYPE_CHECKING:  # the worker process imports this module: keep it light (no pydantic)
     from storage.settings import HistoryConfig
@@ -240,6 +247,8 @@ class SnapshotQueryRunner:
         self._closed = False
         self._lock = threading.Lock()
         self._refresh_lock = threading.Lock()
+        self._parser = duckdb.connect(":memory:", config={"enable_external_access": False})
+        self._parse_lock = threading.Lock()
         self._snapshot_at_monotonic: float | None = None
         self._snapshot: Path | None = None
         self._data_as_of: datetime | None = None
@@ -313,6 +322,10 @@ class SnapshotQueryRunner:
         return fresh
 
     def _run(self, sql: str, timeout_s: float, max_rows: int) -> QueryResult:
+        # The static check first, here: a refused statement costs neither a refresh of the copy nor a worker.
+        # The worker checks again (its own layer), so this is a shortcut, not the guard.
+        with self._parse_lock:
+            check_read_only(self._parser, sql)
         self._ensure_workers()
         worker = self._idle.get()
         if worker is None:
@@ -380,6 +393,8 @@ class SnapshotQueryRunner:
             self._workers.clear()
         self._idle.put(None)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._parse_lock:
+            self._parser.close()
         for w in workers:
             with contextlib.suppress(OSError, ValueError):
                 w.conn.close()  # the worker's recv() sees EOF and it exits

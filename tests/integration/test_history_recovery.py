@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from gridsentry.cli import app
 from storage import backup, pitr
 from storage.sql import QueryRejectedError
-from storage.sql_snapshot import SnapshotQueryRunner
+from storage.sql_snapshot import SnapshotQueryRunner, WorkerSettings, _open_snapshot
 from storage.writer import StorageWriter
 from tests.integration.test_history import NOW, batch, q, readings, setup  # noqa: F401  (the fixture)
 from tests.integration.test_sql_safety import readings_batch
@@ -108,9 +108,20 @@ def test_snapshot_tier_reads_a_fresh_enough_copy_and_replaces_dead_workers(tmp_p
         time.sleep(1.2)
         fresh = runner.submit("SELECT count(*) FROM readings", timeout_s=10, max_rows=10).result()
         assert fresh.rows == [(200,)] and fresh.data_as_of is not None and fresh.data_as_of > first.data_as_of
-        # The copy is opened read-only in the worker: even a statement the static check let through could not write.
         with pytest.raises(QueryRejectedError):
             runner.submit("DELETE FROM readings", timeout_s=10, max_rows=10).result()
+        # Below the static check, the worker's connection itself cannot write, read files or change settings.
+        raw = _open_snapshot(str(fresh_path(runner)), WorkerSettings(str(tmp_path / "archive"), "256MB", 1, 0))
+        try:
+            for statement, error in (
+                ("DELETE FROM readings", "read-only"),
+                ("SELECT * FROM read_csv('/etc/passwd')", "disabled"),
+                ("SET memory_limit = '64GB'", "lock"),
+            ):
+                with pytest.raises(duckdb.Error, match=error):
+                    raw.execute(statement)
+        finally:
+            raw.close()
         # A worker that dies (OOM killer, a crash) is replaced; the query after it runs.
         (worker,) = runner._workers
         os.kill(worker.process.pid, signal.SIGKILL)
@@ -124,6 +135,10 @@ def test_snapshot_tier_reads_a_fresh_enough_copy_and_replaces_dead_workers(tmp_p
         writer.close()
     assert not list((tmp_path / "sql-snapshot").iterdir()), "the copy is removed when the tier stops"
     assert count_rows(tmp_path / "gridsentry.duckdb") == 200
+
+
+def fresh_path(runner: SnapshotQueryRunner) -> Path:
+    return runner.snapshot_dir / "engineers.duckdb"
 
 
 def count_rows(db: Path) -> int:

@@ -194,8 +194,9 @@ async def test_s3_hostile_sql_is_refused_or_stopped_while_ingest_loses_nothing(t
 
 
 async def test_s4_heavy_queries_do_not_slow_commits(tmp_path: Path):
-    # The separate-process tier, default cap: 2 of the 4 run at once, in query processes.
-    service = await start_service(tmp_path, timeout_s=60.0, tier="snapshot")
+    # The default tier and cap: 2 of the 4 run at once. The snapshot tier is measured against it by
+    # bench/sql_tiers.py (same run, docs/benchmarks.md); S3 covers its sandbox.
+    service = await start_service(tmp_path, timeout_s=60.0, tier="live")
     # History to chew on: 2 M readings (the hot table, as after a few days of a small fleet).
     await service.writer.run(
         lambda con: con.execute(
@@ -225,7 +226,7 @@ async def test_s4_heavy_queries_do_not_slow_commits(tmp_path: Path):
                 queries_done += 1
 
     try:
-        # Steady state first: the snapshot tier starts its query processes and makes its copy on the first query.
+        # Steady state first (on the snapshot tier this starts the query processes and makes the copy).
         async with httpx.AsyncClient(base_url=service.http_url, timeout=120) as http:
             warm = await http.post(
                 "/api/sql",
