@@ -41,7 +41,7 @@ typecheck: $(STAMP)
 
 # bandit (waivers with reasons in pyproject's [tool.bandit]) and pip-audit (waivers in .ci/audit-waivers.txt).
 security: $(STAMP)
-	$(BIN)/bandit -q -c pyproject.toml -r collector storage rules alerts gridsentry simulator
+	$(BIN)/bandit -q -c pyproject.toml -r collector storage rules alerts gridsentry simulator reports
 	$(BIN)/python .ci/audit_deps.py
 
 pytest: $(STAMP)

@@ -84,7 +84,7 @@ def build_monthly(con: duckdb.DuckDBPyConnection, month: str, zone: ZoneInfo, si
                          d["site"], d["rated_kw"])
             for d in charger_devices
         ]  # fmt: skip
-        daily_only = tuple(DayFigures(day, kwh, 0.0, None) for day, kwh in sorted(daily_charged.items()))
+        daily_only = tuple(DayFigures(day.isoformat(), kwh, 0.0, None) for day, kwh in sorted(daily_charged.items()))
         return MonthlyReport(month, site, zone.key, chargers, kpis, daily=daily_only, notes=tuple(notes))
     w_start, w_end = window
     hours = (w_end - w_start).total_seconds() / 3600.0
@@ -119,7 +119,8 @@ def build_monthly(con: duckdb.DuckDBPyConnection, month: str, zone: ZoneInfo, si
     )
     days = sorted(set(daily_charged) | set(daily_generated) | set(daily_peak))
     daily = tuple(
-        DayFigures(day, daily_charged.get(day, 0.0), daily_generated.get(day, 0.0), daily_peak.get(day)) for day in days
+        DayFigures(day.isoformat(), daily_charged.get(day, 0.0), daily_generated.get(day, 0.0), daily_peak.get(day))
+        for day in days
     )
     return MonthlyReport(
         month,
@@ -127,8 +128,8 @@ def build_monthly(con: duckdb.DuckDBPyConnection, month: str, zone: ZoneInfo, si
         zone.key,
         chargers,
         kpis,
-        w_start.astimezone(zone),
-        w_end.astimezone(zone),
+        w_start.astimezone(zone).isoformat(),
+        w_end.astimezone(zone).isoformat(),
         tuple(inverters),
         tuple(plants),
         tuple(transformers),
@@ -419,7 +420,7 @@ def _pv(
                 availability=None,
                 faults=faults.get(dev, 0),
                 open_alerts=open_alerts.get(dev, 0),
-                last_reading=last.astimezone(zone) if last is not None else None,
+                last_reading=last.astimezone(zone).isoformat() if last is not None else None,
                 silent=silent,
             )
         )
@@ -503,7 +504,7 @@ def _transformers(
                 site=d["site"],
                 rated_kva=d["rated_kw"],
                 peak_load_factor=float(peak[2]) if peak else None,
-                peak_at=peak[3].astimezone(zone) if peak else None,
+                peak_at=peak[3].astimezone(zone).isoformat() if peak else None,
                 mean_load_factor=sum(float(r[4] or 0.0) for r in days) / count if count else None,
                 hours_above_rated=sum(float(r[6]) for r in days) / 3600.0,
                 top_oil_max_c=max(oils) if oils else None,

@@ -136,7 +136,7 @@ _ENV = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, tri
 
 def render_html(report: MonthlyReport) -> str:
     r = report
-    days = [d.day.isoformat() for d in r.daily]
+    days = [d.day for d in r.daily]
     kpi_rows = [k for k in r.kpis if k.event_class != "all"]
     return _ENV.from_string(_TEMPLATE).render(
         r=r,

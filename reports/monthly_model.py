@@ -1,12 +1,14 @@
 """The figures of the monthly operations report, as plain data the renderers (Markdown, HTML, XLSX) share.
 
-Every figure is defined in docs/reports.md; `reports.monthly.build_monthly` computes them.
+Every figure is defined in docs/reports.md; `reports.monthly.build_monthly` computes them. Times and days are
+ISO 8601 strings in the report's time zone (`2026-02-13T13:30:00+08:00`, `2026-02-13`), so
+`dataclasses.asdict(report)` is JSON as it stands (the API's JSON format); `as_datetime` reads them back.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import datetime
 
 from alerts.kpi import ClassKpi
 
@@ -18,7 +20,12 @@ __all__ = [
     "MonthlyReport",
     "PlantMonth",
     "TransformerMonth",
+    "as_datetime",
 ]
+
+
+def as_datetime(iso: str | None) -> datetime | None:
+    return None if iso is None else datetime.fromisoformat(iso)
 
 
 @dataclass(frozen=True)
@@ -45,7 +52,7 @@ class InverterMonth:
     availability: float | None
     faults: int
     open_alerts: int  # alerts not yet resolved or closed at the end of the observed window
-    last_reading: datetime | None
+    last_reading: str | None  # ISO 8601, local time
     silent: bool  # no reading in the last 3 intervals of the observed window
 
     @property
@@ -74,7 +81,7 @@ class TransformerMonth:
     site: str
     rated_kva: float | None
     peak_load_factor: float | None
-    peak_at: datetime | None
+    peak_at: str | None  # ISO 8601, local time
     mean_load_factor: float | None
     hours_above_rated: float  # hours with load factor > 1.0
     top_oil_max_c: float | None
@@ -96,7 +103,7 @@ class DataCompleteness:
 
 @dataclass(frozen=True)
 class DayFigures:
-    day: date  # local day in the report's time zone
+    day: str  # local day in the report's time zone, YYYY-MM-DD
     charged_kwh: float
     generated_kwh: float
     peak_load_factor: float | None
@@ -109,8 +116,8 @@ class MonthlyReport:
     timezone: str
     chargers: list[ChargerMonth]
     kpis: list[ClassKpi]
-    window_start: datetime | None = None  # the observed window: the month, cut to when readings exist
-    window_end: datetime | None = None
+    window_start: str | None = None  # the observed window (ISO 8601): the month, cut to when readings exist
+    window_end: str | None = None
     inverters: tuple[InverterMonth, ...] = ()
     plants: tuple[PlantMonth, ...] = ()
     transformers: tuple[TransformerMonth, ...] = ()
@@ -120,6 +127,7 @@ class MonthlyReport:
 
     @property
     def observed_hours(self) -> float:
-        if self.window_start is None or self.window_end is None:
+        start, end = as_datetime(self.window_start), as_datetime(self.window_end)
+        if start is None or end is None:
             return 0.0
-        return (self.window_end - self.window_start).total_seconds() / 3600.0
+        return (end - start).total_seconds() / 3600.0

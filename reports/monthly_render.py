@@ -7,7 +7,7 @@ from pathlib import Path
 
 import xlsxwriter  # type: ignore[import-untyped]
 
-from reports.monthly_model import MonthlyReport
+from reports.monthly_model import MonthlyReport, as_datetime
 
 __all__ = [
     "XLSX_SHEETS",
@@ -35,8 +35,9 @@ def fmt_number(v: float | None, digits: int = 1) -> str:
     return "–" if v is None else f"{v:.{digits}f}"
 
 
-def fmt_time(v: datetime | None) -> str:
-    return "–" if v is None else v.strftime("%Y-%m-%d %H:%M")
+def fmt_time(v: str | None) -> str:
+    when = as_datetime(v)
+    return "–" if when is None else when.strftime("%Y-%m-%d %H:%M")
 
 
 def window_line(report: MonthlyReport) -> str:
@@ -210,7 +211,7 @@ def write_xlsx(report: MonthlyReport, path: Path) -> None:
                     (i.availability, pct),
                     (i.faults, None),
                     (i.open_alerts, None),
-                    (i.last_reading, None),
+                    (as_datetime(i.last_reading), None),
                     (i.status, None),
                 ],
             )
@@ -243,7 +244,7 @@ def write_xlsx(report: MonthlyReport, path: Path) -> None:
                     (t.site, None),
                     (t.rated_kva, None),
                     (t.peak_load_factor, pct),
-                    (t.peak_at, None),
+                    (as_datetime(t.peak_at), None),
                     (t.mean_load_factor, pct),
                     (t.hours_above_rated, two),
                     (t.top_oil_max_c, one),
@@ -288,7 +289,7 @@ def write_xlsx(report: MonthlyReport, path: Path) -> None:
             )
         ws = sheet("Daily", ["Day", "kWh charged", "kWh generated", "Peak load factor"])
         for r, d in enumerate(report.daily, start=1):
-            ws.write_datetime(r, 0, datetime(d.day.year, d.day.month, d.day.day), day_fmt)
+            ws.write_datetime(r, 0, datetime.fromisoformat(d.day), day_fmt)
             put(ws, r, 1, d.charged_kwh, one)
             put(ws, r, 2, d.generated_kwh, one)
             put(ws, r, 3, d.peak_load_factor, pct)

@@ -6,7 +6,9 @@ without console errors, screenshots and a PDF kept in the test's tmp dir."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import json
 import shutil
 from collections import defaultdict
 from datetime import datetime, timedelta
@@ -21,6 +23,7 @@ from typer.testing import CliRunner
 from gridsentry.cli import app
 from gridsentry.config import Config
 from reports.monthly import MonthlyReport, build_monthly, render_html, render_markdown
+from reports.monthly_model import as_datetime
 from reports.monthly_render import XLSX_SHEETS
 from tests.integration import report_scenario as sc
 
@@ -133,7 +136,7 @@ def test_every_figure_matches_the_ground_truth(
         events[device].append((when, body))
     times = {device: [t for t, _ in series] for device, series in telemetry.items()} | {"NC01": _north_times()}
     rated = {"AC01": 7.0, "AC02": 7.0, "AC03": 7.0, "AC04": 7.0, "NC01": 7.0, "DC01": 120.0, "DC02": 120.0}
-    assert report.window_start == sc.MONTH_START and report.window_end == sc.MONTH_END
+    assert as_datetime(report.window_start) == sc.MONTH_START and as_datetime(report.window_end) == sc.MONTH_END
 
     # Chargers: uses, kWh, utilisation, availability, faults.
     uses, kwh = _expected_sessions(published)
@@ -208,7 +211,7 @@ def test_every_figure_matches_the_ground_truth(
         if m["load_factor"] > 1.0 and dt <= SILENT_AFTER_S:
             above += dt
     assert tx.peak_load_factor == pytest.approx(peak_m["load_factor"])
-    assert tx.peak_at == peak_t
+    assert as_datetime(tx.peak_at) == peak_t and tx.peak_at is not None and tx.peak_at.endswith("+08:00")
     assert tx.mean_load_factor == pytest.approx(sum(m["load_factor"] for _, _, m in inside) / len(inside))
     assert tx.hours_above_rated == pytest.approx(above / 3600.0)
     assert tx.top_oil_max_c == pytest.approx(max(m["top_oil_temp_c"] for _, _, m in inside))
@@ -269,7 +272,8 @@ def test_site_filter_applies_to_every_section(
     assert north.inverters == () and north.plants == () and north.transformers == ()
     assert [c.device_id for c in north.completeness] == ["NC01"]
     # North's readings stop a day early: its observed window ends with them, so it is complete within it.
-    assert north.window_end is not None and north.window_end < sc.MONTH_END - timedelta(hours=23)
+    north_end = as_datetime(north.window_end)
+    assert north_end is not None and north_end < sc.MONTH_END - timedelta(hours=23)
     assert north.completeness[0].ratio == 1.0
     _assert_kpis(north, site="north")
     text = render_markdown(north)
@@ -280,6 +284,10 @@ def test_formats_through_the_cli_xlsx_and_chromium(
     scenario: tuple[Path, sc.Published, MonthlyReport, MonthlyReport], tmp_path: Path
 ) -> None:
     data_dir, _, report, _ = scenario
+    # The API's JSON format is the dataclass as it stands: every figure must survive json.dumps.
+    doc = json.loads(json.dumps(dataclasses.asdict(report)))
+    assert doc["window_start"] == "2026-02-01T00:00:00+08:00" and doc["daily"][0]["day"] == "2026-02-01"
+    assert doc["transformers"][0]["peak_at"] == report.transformers[0].peak_at
     runner = CliRunner()
     base = ["report", "monthly", "--month", sc.MONTH, "--data-dir", str(data_dir)]
     md = tmp_path / "report.md"

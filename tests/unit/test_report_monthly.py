@@ -169,3 +169,17 @@ def test_unknown_site_and_empty_month_are_explained(tmp_path: Path) -> None:
     assert "No readings are stored for this month" in render_html(empty)
     write_xlsx(empty, tmp_path / "empty.xlsx")
     assert openpyxl.load_workbook(tmp_path / "empty.xlsx").sheetnames == list(XLSX_SHEETS)
+
+
+def test_html_escapes_ledger_text() -> None:
+    """Device ids and sites come from configs and auto-discovered topics: the page must never run them."""
+    con = duckdb.connect()
+    migrate(con)
+    con.execute(
+        "INSERT INTO devices (device_id, site, kind, rated_kw, expected_interval_s) "
+        "VALUES ('<script>alert(1)</script>', 's&<1>', 'charger_ac', 7, 60)"
+    )
+    con.execute("INSERT INTO readings VALUES (TIMESTAMPTZ '2026-06-03 04:00:00+00', '<script>alert(1)</script>', "
+                "'power_kw', 1, 0)")  # fmt: skip
+    page = render_html(build_monthly(con, "2026-06", ZoneInfo("UTC")))
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "s&amp;&lt;1&gt;" in page
