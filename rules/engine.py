@@ -333,6 +333,7 @@ class RuleEngine:
         self._key_params = bindings.select(*_KEY, "variant", "site", "for_us", "repeat").unique(_KEY)
         # Event rules' keys per connector, added to _key_params as connectors appear (see _key_connectors).
         self._event_keys = pl.DataFrame(schema={k: pl.String() for k in _KEY})
+        self._counter_keys = bindings.filter(pl.col("kind") == "counter").select("device_id", "metric").unique()
         self._event_rule_ids = bindings.filter(pl.col("kind") == "event")["rule_id"].unique().to_list()
         # The window sums are rebuilt from the bucket store at the next pass of each shard.
         self._shard_windows = [windows.WindowSums() for _ in range(self.shards)]
@@ -637,7 +638,8 @@ class RuleEngine:
             plans.append(("threshold", threshold, lambda b: kinds.threshold(good_lazy, sun(b))))
         invalid = self._by_kind.get("invalid")
         if invalid is not None and checked is not None:
-            plans.append(("invalid", invalid, lambda b: kinds.invalid(checked.lazy(), b.lazy())))
+            watched = self._state.lazy().select(_KEY)
+            plans.append(("invalid", invalid, lambda b: kinds.invalid(checked.lazy(), b.lazy(), watched)))
         event_bindings = self._by_kind.get("event")
         if event_bindings is not None and events is not None and len(events):
             event_frame = events if isinstance(events, pl.DataFrame) else pl.from_arrow(events)
@@ -661,8 +663,11 @@ class RuleEngine:
         counter = self._by_kind.get("counter")
         counted: pl.DataFrame | None = None
         if counter is not None and good.height:
-            counted = good.join(counter.select("device_id", "metric").unique(), on=["device_id", "metric"], how="semi")
-            fresh_counts, last_counts = counted.lazy(), self._counter_last.lazy()
+            counted = good.join(self._counter_keys, on=["device_id", "metric"], how="semi")
+            # Only the series in this batch: the previous reading of each, not the whole table.
+            series = counted.select("device_id", "metric").unique()
+            last = self._counter_last.join(series, on=["device_id", "metric"], how="semi")
+            fresh_counts, last_counts = counted.lazy(), last.lazy()
             plans.append(("counter", counter, lambda b: kinds.counter(fresh_counts, last_counts, b.lazy())))
         gap = self._by_kind.get("data_gap")
         all_times = frame.select(pl.col("ts").dt.epoch("us").alias("ts_us"), "device_id") if frame.height else None
@@ -702,13 +707,14 @@ class RuleEngine:
             plans += self._windowed(now_us, edge, todo, sun)
         observations += self._run(plans, findings)
         if counted is not None and counted.height:
-            self._counter_last = (
-                pl.concat([self._counter_last, counted.select(list(self._counter_last.columns))])
-                .sort("ts_us")
-                .group_by("device_id", "metric")
-                .last()
-                .select(self._counter_last.columns)
+            newest = counted.sort("ts_us").group_by("device_id", "metric").last().select(self._counter_last.columns)
+            kept = self._counter_last.join(newest, on=["device_id", "metric"], how="anti")
+            # A late reading older than the one kept does not replace it.
+            older = self._counter_last.join(newest, on=["device_id", "metric"], how="inner", suffix="_new").filter(
+                pl.col("ts_us") > pl.col("ts_us_new")
             )
+            newest = newest.join(older.select("device_id", "metric"), on=["device_id", "metric"], how="anti")
+            self._counter_last = pl.concat([kept, older.select(self._counter_last.columns), newest])
         obs = [o for o in observations if o.height]
         if event_bindings is not None and obs:
             self._key_connectors(pl.concat(obs, how="vertical"), event_bindings)

@@ -153,13 +153,17 @@ def check_invalid(readings: pl.LazyFrame, bindings: pl.LazyFrame, out_of_range: 
     )
 
 
-def invalid(checked: pl.LazyFrame, bindings: pl.LazyFrame) -> pl.LazyFrame:
-    """G3: every reading checked by `check_invalid`, as observations of its rule; `repeat` in the
-    rule makes the state machine wait for that many invalid readings in a row."""
+def invalid(checked: pl.LazyFrame, bindings: pl.LazyFrame, watched: pl.LazyFrame) -> pl.LazyFrame:
+    """G3: the readings checked by `check_invalid`, as observations of their rule; `repeat` in the
+    rule makes the state machine wait for that many invalid readings in a row. Almost every reading
+    is valid: only series with an invalid reading in the batch, or with state (`watched`: pending or
+    firing keys), are passed on; a valid reading of any other series changes nothing."""
+    key = ["rule_id", "device_id", "metric"]
+    relevant = pl.concat([checked.filter(pl.col("bad")).select(key), watched.select(key)]).unique()
     return conform(
-        checked.join(bindings.select("rule_id").unique(), on="rule_id", how="semi").select(
-            "rule_id", "device_id", "metric", "ts_us", "value", breach=pl.col("bad"), cleared=~pl.col("bad")
-        )
+        checked.join(bindings.select("rule_id").unique(), on="rule_id", how="semi")
+        .join(relevant, on=key, how="semi")
+        .select("rule_id", "device_id", "metric", "ts_us", "value", breach=pl.col("bad"), cleared=~pl.col("bad"))
     )
 
 

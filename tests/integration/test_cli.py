@@ -107,7 +107,10 @@ def test_demo_runs_prints_banner_and_sql_works_live_and_stopped(tmp_path: Path):
         "select device_id, event_class from alerts order by event_class",
     )
     assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines() == ["device_id,event_class", "DC02,I", "DC02,II"]
+    # Distinct classes: the gun over 90 °C (I) and 80 °C (II); the pile's own HighTemperature error code may add
+    # a second class I alert (rule E1) when the pin passes 100 °C within the run.
+    lines = r.stdout.splitlines()
+    assert lines[0] == "device_id,event_class" and sorted(set(lines[1:])) == ["DC02,I", "DC02,II"]
     r = gs("sql", "--data-dir", str(data), "drop table readings")
     assert r.returncode == 2 and "only read statements" in r.stderr
     r = gs("sql", "--data-dir", str(data), "select count(*) from readings")

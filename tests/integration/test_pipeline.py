@@ -103,7 +103,8 @@ async def test_simulated_fleet_is_stored_exactly_and_fault_alerts(
         for device, n in stats.per_device.items():
             assert count(service, f"select count(*) from readings where device_id = '{device}'") == n, device
 
-        # The injected fault produced its alerts: class II at 80 °C, class I at 90 °C, on DC02 gun 1 only.
+        # The injected fault produced its alerts: class II at 80 °C, class I at 90 °C, on DC02 gun 1 only, and
+        # class I for the HighTemperature error code the pile itself reports (rule E1, per connector).
         con = service.writer.reader()
         alerts = con.execute(
             "select rule_id, device_id, metric, event_class, state, value, threshold, message from alerts order by event_class"
@@ -111,9 +112,10 @@ async def test_simulated_fleet_is_stored_exactly_and_fault_alerts(
         assert {(a[0], a[1], a[2], a[3]) for a in alerts} == {
             ("dc_gun_overtemp_critical", "DC02", "gun1_temp_c", "I"),
             ("dc_gun_overtemp_warning", "DC02", "gun1_temp_c", "II"),
+            ("dc_connector_fault_critical", "DC02", "gun 1", "I"),
         }
         assert all(a[4] == "firing" and a[5] > a[6] for a in alerts)
-        assert con.execute("select count(*) from alert_events where action = 'fired'").fetchone() == (2,)
+        assert con.execute("select count(*) from alert_events where action = 'fired'").fetchone() == (3,)
 
         # The HTTP API and /metrics show the same.
         async with httpx.AsyncClient(base_url=service.http_url, headers=api_headers(service.cfg.data_dir)) as http:
@@ -123,18 +125,18 @@ async def test_simulated_fleet_is_stored_exactly_and_fault_alerts(
             body = (await http.get("/metrics")).text
             assert f'gridsentry_ingest_readings_total{{source="mqtt"}} {float(stats.readings)}' in body
             assert f'gridsentry_ingest_rejected_total{{reason="invalid_json"}} {float(stats.malformed)}' in body
-            assert 'gridsentry_alerts_open{event_class="I"} 1.0' in body
+            assert 'gridsentry_alerts_open{event_class="I"} 2.0' in body
             assert "gridsentry_storage_commit_seconds_bucket" in body
             devices = (await http.get("/api/devices")).json()
             assert {d["device_id"] for d in devices} == {d.id for d in cfg.devices}
             assert all(d["last_seen"] for d in devices)
             open_alerts = (await http.get("/api/alerts")).json()
-            assert len(open_alerts) == 2 and open_alerts[0]["ack_due"]
+            assert len(open_alerts) == 3 and open_alerts[0]["ack_due"]
             sql = (await http.post("/api/sql", json={"query": "select count(*) from readings"})).json()
             assert sql["rows"] == [[stats.readings]]
             denied = await http.post("/api/sql", json={"query": "delete from readings"})
             assert denied.status_code == 400 and "only read statements" in denied.json()["detail"]
-            critical = next(a for a in open_alerts if a["event_class"] == "I")
+            critical = next(a for a in open_alerts if a["rule_id"] == "dc_gun_overtemp_critical")
             acked = await http.post(f"/api/alerts/{critical['alert_id']}/ack", json={"actor": "wang.fang"})
             assert acked.status_code == 200 and acked.json()["state"] == "acknowledged"
             assert [e["action"] for e in acked.json()["events"]] == ["fired", "acknowledged"]
