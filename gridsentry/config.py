@@ -23,6 +23,7 @@ from collector.modbus.settings import ModbusConfig, ModbusDeviceConfig, check_de
 from collector.settings import MqttConfig
 from gridsentry.auth import AuthConfig
 from gridsentry.screens.settings import ScreensConfig
+from reports.schedule import ReportsConfig
 from storage.settings import HistoryConfig
 from storage.yamlsource import Loc, dotted_path, load_yaml_with_lines, nearest_line
 
@@ -150,6 +151,10 @@ class Config(_Model):
     alerts: AlertsConfig = Field(
         default_factory=AlertsConfig,
         description="Alert lifecycle: SLA policy and standby hours, maintenance windows, escalation, on-call rota, channels.",
+    )
+    reports: ReportsConfig = Field(
+        default_factory=ReportsConfig,
+        description="Scheduled reports through the alert channels: monthly report, emergency-dispatch progress and status.",
     )
 
     @model_validator(mode="after")
