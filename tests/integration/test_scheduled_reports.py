@@ -185,3 +185,18 @@ def test_report_recipients_must_be_configured(tmp_path: Path) -> None:
     text = str(err.value)
     assert "reports.webhooks[0]: no webhook named 'nope' in alerts.webhooks" in text
     assert "reports.people[0]: no person 'x' in alerts.oncall.people" in text
+
+
+def test_config_check_names_the_report_recipient_line(tmp_path: Path) -> None:
+    from gridsentry.config import load_config
+
+    path = tmp_path / "gridsentry.yaml"
+    path.write_text(
+        "alerts:\n  webhooks:\n    - {name: ops, url: 'http://127.0.0.1:9/hook'}\n"
+        "reports:\n  monthly: {enabled: true}\n  webhooks: [ops, duty-desk]\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    text = str(err.value)
+    assert "reports.webhooks[1]: no webhook named 'duty-desk' in alerts.webhooks (have: ops)" in text, text
