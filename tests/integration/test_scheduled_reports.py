@@ -122,6 +122,8 @@ async def test_monthly_and_dispatch_reports_once_each_across_a_restart(tmp_path:
         await until(lambda: len(smtp.mailbox.messages) >= 2, "the two monthly reports by e-mail")
         mail = message_from_bytes(smtp.mailbox.messages[-1].original_content)
         assert "GridSentry monthly operations report 2025-11" in str(make_header(decode_header(mail["subject"])))
+        files = {p.get_filename(): p.get_payload(decode=True).decode() for p in mail.walk() if p.get_filename()}
+        assert files["gridsentry-monthly-2025-11.md"].startswith("# Monthly operations report 2025-11")
 
         # A class I incident opens at 02:00: device status at once, then progress every hour, status every two.
         t0 = datetime(2025, 11, 30, 18, 0, tzinfo=UTC)
