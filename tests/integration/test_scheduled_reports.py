@@ -6,6 +6,7 @@ injected clock: the monthly report after month end in Asia/Shanghai, the bid's e
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -15,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
 from alerts.settings import AlertsConfig
+from gridsentry.cli import app
 from gridsentry.config import Config, ConfigError, DeviceConfig
 from gridsentry.service import Service
 from reports.schedule import ReportsConfig
@@ -178,6 +181,11 @@ async def test_monthly_and_dispatch_reports_once_each_across_a_restart(tmp_path:
         smtp.stop()
         sink.stop()
 
+    result = CliRunner().invoke(app, ["report", "runs", "--data-dir", str(tmp_path / "data")], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    monthly_row = next(line for line in result.output.splitlines() if "2025-11 " in line and "monthly" in line)
+    assert re.search(r"│\s+2\s+│\s+2\s+│\s+0\s+│\s+0\s+│", monthly_row), monthly_row  # 2 recipients, both sent
+
 
 def test_report_recipients_must_be_configured(tmp_path: Path) -> None:
     cfg = Config(data_dir=tmp_path / "data")
@@ -189,7 +197,7 @@ def test_report_recipients_must_be_configured(tmp_path: Path) -> None:
     assert "reports.people[0]: no person 'x' in alerts.oncall.people" in text
 
 
-def test_config_check_names_the_report_recipient_line(tmp_path: Path) -> None:
+def test_config_check_names_the_missing_report_recipient(tmp_path: Path) -> None:
     from gridsentry.config import load_config
 
     path = tmp_path / "gridsentry.yaml"
