@@ -93,6 +93,7 @@ class Service:
             zone=ZoneInfo(cfg.alerts.sla.standby.timezone),
             targets=report_channels,
             public_url=cfg.alerts.public_url,
+            site_zones={site.id: site.timezone for site in cfg.sites},
             wake=self.alert_stage.wake,
         )
         self.rules_runtime = RulesRuntime(

@@ -50,7 +50,9 @@ class MonthlySchedule(_Model):
         3600.0, ge=0, description="Wait this long after midnight of the 1st, so late readings are in, e.g. 1h."
     )
     per_site: list[str] = Field(
-        default_factory=list, description="Site ids: one report per site listed; empty: one report for the whole fleet."
+        default_factory=list,
+        description="Site ids: one report per site listed, at the end of the month in the site's time zone; "
+        "empty: one report for the whole fleet.",
     )
 
 
@@ -115,6 +117,7 @@ class ReportScheduler:
         zone: ZoneInfo,
         targets: list[tuple[str, str | None]],  # (channel, recipient) as in the notifications table
         public_url: str | None = None,
+        site_zones: dict[str, str] | None = None,
         wake: Callable[[], None] | None = None,
         clock: Clock = _utcnow,
     ) -> None:
@@ -123,6 +126,7 @@ class ReportScheduler:
         self.zone = ZoneInfo(cfg.timezone) if cfg.timezone else zone
         self.targets = targets
         self.public_url = public_url.rstrip("/") if public_url else None
+        self.site_zones = {site: ZoneInfo(tz) for site, tz in (site_zones or {}).items()}
         self.wake = wake or (lambda: None)
         self.clock = clock
         self.queued = 0
@@ -175,19 +179,21 @@ class ReportScheduler:
             con.close()
 
     def _monthly(self, con: duckdb.DuckDBPyConnection, now: datetime, sent: set[tuple[str, str]]) -> list[QueuedReport]:
-        local = now.astimezone(self.zone)
-        this_month_start = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-        if now < this_month_start.astimezone(UTC) + timedelta(seconds=self.cfg.monthly.delay):
-            return []  # the month just ended is still settling; the one before was due last month
-        last = this_month_start - timedelta(days=1)
-        month = f"{last.year:04d}-{last.month:02d}"
         out = []
         sites: list[str | None] = [*self.cfg.monthly.per_site] or [None]
         for site in sites:
+            # A site's month ends at its own midnight (sites[].timezone); the fleet report's in the report zone.
+            zone = self.site_zones.get(site, self.zone) if site else self.zone
+            local = now.astimezone(zone)
+            this_month_start = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+            if now < this_month_start.astimezone(UTC) + timedelta(seconds=self.cfg.monthly.delay):
+                continue  # the month just ended is still settling; the one before was due last month
+            last = this_month_start - timedelta(days=1)
+            month = f"{last.year:04d}-{last.month:02d}"
             period = f"{month}/{site}" if site else month
             if ("monthly", period) in sent:
                 continue
-            report = build_monthly(con, month, self.zone, site)
+            report = build_monthly(con, month, zone, site)
             text = render_markdown(report)
             where = f" site {site}" if site else ""
             query = f"month={month}" + (f"&site={site}" if site else "")
