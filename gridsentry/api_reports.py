@@ -42,7 +42,7 @@ def monthly_html(report: monthly.MonthlyReport) -> str:
         return str(render(report))
     from markdown_it import MarkdownIt
 
-    body: str = MarkdownIt("commonmark").enable("table").render(monthly.render_markdown(report))
+    body: str = MarkdownIt("commonmark", {"html": False}).enable("table").render(monthly.render_markdown(report))
     title = f"Monthly operations report {report.month}"
     return (
         f'<!doctype html><html lang="zh-CN"><head><meta charset="utf-8"><title>{title}</title>'

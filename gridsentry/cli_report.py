@@ -115,3 +115,43 @@ def maintenance(
     else:
         output.write_text(text, encoding="utf-8")
         err.print(f"report written to {output}")
+
+
+@report_app.command("runs")
+def runs(
+    limit: Annotated[int, typer.Option(min=1, help="Newest N scheduled reports.")] = 20,
+    data_dir: DataDir = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Scheduled reports queued (monthly, dispatch progress, device status) and how their delivery went."""
+    from rich.table import Table
+
+    cfg = _config(config, data_dir)
+    db = cfg.database_path
+    if not db.exists():
+        raise _fail(f"no database at {db}; start GridSentry first, or pass --data-dir/--config")
+    try:
+        con = duckdb.connect(str(db), read_only=True)
+    except duckdb.IOException as exc:
+        raise _fail(f"the database {db} is in use by a running GridSentry ({exc}); stop it or use a backup") from exc
+    try:
+        rows = con.execute(
+            """
+            SELECT r.report, r.period, r.queued_at, r.recipients,
+                   count(*) FILTER (WHERE n.status = 'sent'), count(*) FILTER (WHERE n.status = 'pending'),
+                   count(*) FILTER (WHERE n.status = 'failed'), max(n.last_error)
+            FROM report_runs r LEFT JOIN notifications n ON n.idempotency_key = 'report:' || r.report || ':' || r.period
+            GROUP BY ALL ORDER BY r.queued_at DESC LIMIT ?
+            """,
+            [limit],
+        ).fetchall()
+    finally:
+        con.close()
+    zone = ZoneInfo(cfg.alerts.sla.standby.timezone)
+    table = Table("report", "period", f"queued ({zone.key})", "recipients", "sent", "pending", "failed", "last error")
+    for report, period, queued, recipients, sent, pending, failed, error in rows:
+        table.add_row(
+            report, period, f"{queued.astimezone(zone):%Y-%m-%d %H:%M}", str(recipients), str(sent), str(pending),
+            str(failed), error or "",
+        )  # fmt: skip
+    Console().print(table if rows else "no scheduled report has been queued yet (see `reports:` in the config)")

@@ -23,6 +23,7 @@ from collector.modbus.settings import ModbusConfig, ModbusDeviceConfig, check_de
 from collector.settings import MqttConfig
 from gridsentry.auth import AuthConfig
 from gridsentry.screens.settings import ScreensConfig
+from reports.schedule import ReportsConfig, report_targets
 from storage.settings import HistoryConfig
 from storage.yamlsource import Loc, dotted_path, load_yaml_with_lines, nearest_line
 
@@ -165,6 +166,10 @@ class Config(_Model):
         default_factory=AlertsConfig,
         description="Alert lifecycle: SLA policy and standby hours, maintenance windows, escalation, on-call rota, channels.",
     )
+    reports: ReportsConfig = Field(
+        default_factory=ReportsConfig,
+        description="Scheduled reports through the alert channels: monthly report, emergency-dispatch progress and status.",
+    )
 
     @model_validator(mode="after")
     def _check_ledger(self) -> Config:
@@ -201,6 +206,11 @@ class Config(_Model):
         for d in self.devices:  # a polled device reports as often as it is polled, unless told otherwise
             if d.modbus is not None and "expected_interval_s" not in d.model_fields_set:
                 d.expected_interval_s = d.modbus.interval_s
+        return self
+
+    @model_validator(mode="after")
+    def _check_reports(self) -> Config:
+        report_targets(self.reports, [w.name for w in self.alerts.webhooks], [p.id for p in self.alerts.oncall.people])
         return self
 
     @property

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from concurrent.futures import Future
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 import duckdb
 import orjson
@@ -36,6 +37,7 @@ from gridsentry.auth import TokenStore, write_local_token
 from gridsentry.config import Config, ConfigError, ConfigIssue, field_rules, metric_catalogue
 from gridsentry.exporter import build_registry
 from gridsentry.screens.fleet import ScreensView
+from reports.schedule import ReportScheduler, report_targets
 from rules.engine import DeviceInfo, RuleEngine
 from rules.loader import LoadedRules
 from rules.runtime import RulesRuntime, devices_from_ledger
@@ -86,6 +88,21 @@ class Service:
         self.catalogue = metric_catalogue(cfg)
         self.alert_stage = AlertStage(self.writer, cfg.alerts)
         self.alerts = self.alert_stage.lifecycle
+        try:
+            report_channels = report_targets(
+                cfg.reports, [w.name for w in cfg.alerts.webhooks], [p.id for p in cfg.alerts.oncall.people]
+            )
+        except ValueError as exc:
+            raise ConfigError(None, [ConfigIssue("reports", None, str(exc))]) from exc
+        self.reports = ReportScheduler(
+            self.writer,
+            cfg.reports,
+            zone=ZoneInfo(cfg.alerts.sla.standby.timezone),
+            targets=report_channels,
+            public_url=cfg.alerts.public_url,
+            site_zones={site.id: site.timezone for site in cfg.sites},
+            wake=self.alert_stage.wake,
+        )
         self.rules_runtime = RulesRuntime(
             self.writer,
             {m.name: m.unit for m in self.catalogue.values()},
@@ -170,6 +187,8 @@ class Service:
         self._tasks.append(asyncio.create_task(self._rules_loop(), name="rules"))
         self._tasks.append(asyncio.create_task(self.history.run(self._stop), name="history"))
         self._tasks.extend(self.alert_stage.tasks(self._stop))
+        if self.reports.active:
+            self._tasks.append(asyncio.create_task(self.reports.run(self._stop), name="scheduled-reports"))
         if cfg.auth.local_token:
             write_local_token(cfg.data_dir, self.tokens)
         if not self.tokens:

@@ -459,6 +459,22 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        11,
+        "scheduled reports sent (never twice after a restart)",
+        """
+        -- One row per scheduled report queued into the outbox, written in the same transaction as its
+        -- notifications (reports/schedule.py).
+        CREATE TABLE report_runs (
+            report      VARCHAR NOT NULL,          -- monthly, dispatch-progress, dispatch-status
+            period      VARCHAR NOT NULL,          -- 2026-11[/site], <alert id>/<hour>, <site>/<start>/<slot>
+            queued_at   TIMESTAMPTZ NOT NULL,
+            title       VARCHAR NOT NULL,
+            recipients  INTEGER NOT NULL,
+            PRIMARY KEY (report, period)
+        );
+        """,
+    ),
 )
 
 # Written in the order branches landed; applied in version order.

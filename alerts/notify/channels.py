@@ -103,9 +103,25 @@ class AppriseChannel:
             else apprise.NotifyType.FAILURE
         )
         with apprise.LogCapture(level=logging.WARNING, fmt="%(message)s") as captured:  # type: ignore[no-untyped-call]
-            ok = await asyncio.to_thread(notifier.notify, body=body, title=title, notify_type=notify_type)
+            ok = await asyncio.to_thread(
+                notifier.notify, body=body, title=title, notify_type=notify_type, attach=_attachment(payload)
+            )
             output = captured.getvalue().strip() if hasattr(captured, "getvalue") else ""
         if ok:
             return DeliveryResult(True)
         last = output.splitlines()[-1] if output else "the service refused or did not answer"
         return DeliveryResult(False, True, f"{contact.split('://', 1)[0]}:// delivery failed: {last[:300]}")
+
+
+def _attachment(payload: dict[str, Any]) -> apprise.AppriseAttachment | None:
+    """A scheduled report's file (reports/schedule.py), attached in memory: nothing is written to disk."""
+    spec = payload.get("attachment")
+    if not isinstance(spec, dict):
+        return None
+    from apprise.attachment.memory import AttachMemory
+
+    mimetype = str(spec.get("content_type", "text/plain")).split(";", 1)[0]
+    attach = apprise.AppriseAttachment()
+    file = AttachMemory(content=str(spec["content"]), name=str(spec["filename"]), mimetype=mimetype)  # type: ignore[no-untyped-call]
+    attach.add(file)
+    return attach

@@ -85,6 +85,8 @@ def phone_text(payload: dict[str, Any], zone: ZoneInfo) -> tuple[str, str]:
     """(title, body) for e-mail, IM and push channels."""
     if payload["kind"] == "heartbeat":
         return "GridSentry heartbeat", f"GridSentry notification path OK at {payload['at']}"
+    if payload["kind"] == "report":  # scheduled reports (reports/schedule.py) carry their own text
+        return str(payload["title"]), str(payload["text"])
     head = KIND_TITLES.get(payload["kind"], payload["kind"].upper())
     site = payload["site"] or "-"
     title = f"[Class {payload['event_class']}] {head}: {payload['device_id']} @ {site} - {payload['title']}"
