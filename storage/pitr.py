@@ -158,7 +158,7 @@ def trim_after(con: duckdb.DuckDBPyConnection, archive_root: Path, at: datetime)
             """,
             {"at": at},
         )
-        con.execute("DELETE FROM rollup_pending")
+        # rebuild() folds the pending partials first: those of hours before `at`'s are kept, later ones recomputed.
         rollup.rebuild(con, since=at)
         con.execute("COMMIT")
     except BaseException:
