@@ -14,6 +14,9 @@ from storage.schema import migrate
 def test_per_site_monthly_report_waits_for_the_sites_own_midnight() -> None:
     con = duckdb.connect()
     migrate(con)
+    # A site's report covers the ledger's devices there; a site the ledger does not know is refused.
+    con.execute("INSERT INTO devices (device_id, site, kind) VALUES ('DC01', 'shenzhen', 'charger_dc'), "
+                "('INV01', 'urumqi', 'pv_inverter')")  # fmt: skip
     cfg = ReportsConfig.model_validate({"monthly": {"enabled": True, "delay": 0, "per_site": ["shenzhen", "urumqi"]}})
     scheduler = ReportScheduler(
         None,
