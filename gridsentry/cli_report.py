@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 from zoneinfo import ZoneInfo
 
 import duckdb
@@ -12,10 +13,29 @@ import typer
 from rich.console import Console
 
 from gridsentry.cli_alerts import ConfigOpt, DataDir, _config, _fail
+from gridsentry.config import Config
 from reports.monthly import build_monthly, render_html, render_markdown, write_xlsx
 
 report_app = typer.Typer(help="Reports the service contract asks for.", no_args_is_help=True)
 err = Console(stderr=True)
+T = TypeVar("T")
+
+
+def _from_database(cfg: Config, when_in_use: str, build: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+    """Build a report from the database file opened read-only; a bad argument (ValueError) is a clean CLI error."""
+    db = cfg.database_path
+    if not db.exists():
+        raise _fail(f"no database at {db}; start GridSentry first, or pass --data-dir/--config")
+    try:
+        con = duckdb.connect(str(db), read_only=True)
+    except duckdb.IOException as exc:
+        raise _fail(f"the database {db} is in use by a running GridSentry ({exc}); {when_in_use}") from exc
+    try:
+        return build(con)
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    finally:
+        con.close()
 
 
 class ReportFormat(StrEnum):
@@ -40,19 +60,7 @@ def monthly(
         raise _fail("--format xlsx writes a file: add --output report.xlsx")
     cfg = _config(config, data_dir)
     zone = ZoneInfo(cfg.alerts.sla.standby.timezone)
-    db = cfg.database_path
-    if not db.exists():
-        raise _fail(f"no database at {db}; start GridSentry first, or pass --data-dir/--config")
-    try:
-        con = duckdb.connect(str(db), read_only=True)
-    except duckdb.IOException as exc:
-        raise _fail(f"the database {db} is in use by a running GridSentry ({exc}); stop it or use a backup") from exc
-    try:
-        report = build_monthly(con, month, zone, site)
-    except ValueError as exc:
-        raise _fail(str(exc)) from exc
-    finally:
-        con.close()
+    report = _from_database(cfg, "stop it or use a backup", lambda con: build_monthly(con, month, zone, site))
     if output_format is ReportFormat.xlsx and output is not None:
         write_xlsx(report, output)
         err.print(f"report written to {output}")
@@ -91,19 +99,9 @@ def maintenance(
 
     cfg = _config(config, data_dir)
     zone = ZoneInfo(cfg.alerts.sla.standby.timezone)
-    db = cfg.database_path
-    if not db.exists():
-        raise _fail(f"no database at {db}; start GridSentry first, or pass --data-dir/--config")
-    try:
-        con = duckdb.connect(str(db), read_only=True)
-    except duckdb.IOException as exc:
-        raise _fail(f"the database {db} is in use by a running GridSentry ({exc}); use the API route instead") from exc
-    try:
-        report = build_maintenance(con, days=days, site=site, zone=zone, limit=top)
-    except ValueError as exc:
-        raise _fail(str(exc)) from exc
-    finally:
-        con.close()
+    report = _from_database(
+        cfg, "use the API route instead", lambda con: build_maintenance(con, days=days, site=site, zone=zone, limit=top)
+    )
     render = {
         MaintenanceFormat.md: maintenance_md,
         MaintenanceFormat.json: maintenance_json,
